@@ -1,0 +1,1 @@
+"""Work-arounds for third-party packaging problems; nothing here is model code."""

@@ -1,0 +1,1 @@
+"""Datasets yielding :class:`selfsup.data.frames.Frames` (nuScenes, DDAD)."""

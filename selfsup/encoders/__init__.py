@@ -1,0 +1,5 @@
+"""Image encoders."""
+
+from selfsup.encoders.timm_fpn import TimmFPN
+
+__all__ = ["TimmFPN"]

@@ -1,0 +1,1 @@
+"""Config files: Python modules of fiddle lazy calls. Each defines ``config``."""

@@ -1,0 +1,1 @@
+"""Experiment definition, config loading, the training loop and checkpoints."""

@@ -1,0 +1,52 @@
+"""Make ``accelerate launch --num_processes N train.py ...`` start N CPU processes.
+
+On a machine without CUDA (and without an accelerate config file saying otherwise),
+``accelerate launch`` ignores ``--num_processes`` and runs a single process (its "simple
+launcher"). To keep the command working exactly as typed, the entry points call
+:func:`relaunch_for_cpu_ddp` first: when the parent ``accelerate launch`` asked for N > 1
+processes and none were started, the script replaces itself with
+``torch.distributed.run --standalone --nproc_per_node N``; with ``ACCELERATE_USE_CPU`` set,
+accelerate then forms one DDP group over the gloo backend (``DistributedType.MULTI_CPU``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import psutil
+import torch
+
+
+def requested_num_processes(cmdline: list[str]) -> int | None:
+    """The ``--num_processes`` value of an ``accelerate launch`` command line, if any."""
+    if not any(os.path.basename(a).startswith("accelerate") for a in cmdline[:3]) or "launch" not in cmdline:
+        return None
+    for i, arg in enumerate(cmdline):
+        for flag in ("--num_processes", "--num-processes"):
+            if arg == flag and i + 1 < len(cmdline):
+                return int(cmdline[i + 1])
+            if arg.startswith(flag + "="):
+                return int(arg.split("=", 1)[1])
+    return None
+
+
+def relaunch_for_cpu_ddp() -> None:
+    """Re-execute this script under torch.distributed.run when accelerate could not.
+
+    Does nothing when already distributed (``WORLD_SIZE`` set), when CUDA is available
+    (accelerate launches multi-GPU itself), or when not started by ``accelerate launch``.
+    """
+    if "WORLD_SIZE" in os.environ or "ACCELERATE_USE_CPU" not in os.environ or torch.cuda.is_available():
+        return
+    try:
+        parent = psutil.Process(os.getppid()).cmdline()
+    except (psutil.Error, OSError):
+        return
+    n = requested_num_processes(parent)
+    if n is None or n <= 1:
+        return
+    env = dict(os.environ, ACCELERATE_USE_CPU="true")
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *sys.argv]
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)

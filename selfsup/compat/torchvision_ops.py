@@ -12,9 +12,10 @@ define the two operator schemas ourselves (with a plain PyTorch NMS behind them,
 torchvision's C ops; ``torchvision.ops.*`` keeps raising torchvision's own "Couldn't load
 custom C++ ops" error, as it should on such an install.
 
-How it is activated: ``python -m selfsup.compat.torchvision_ops install`` writes
-``selfsup_torchvision_compat.pth`` into site-packages (``make install`` does it). The
-line in that file only installs a ``sys.meta_path`` finder: torch is imported only when
+How it is activated: ``python -m selfsup.compat.torchvision_ops install`` copies this
+file into site-packages as ``_selfsup_torchvision_compat.py`` and writes
+``selfsup_torchvision_compat.pth`` beside it (``make install`` does it). The line in that
+file only installs a ``sys.meta_path`` finder: torch is imported only when
 something imports torchvision. On a machine where ``_C.so`` loads (a CUDA install), the
 finder does nothing.
 """
@@ -26,8 +27,10 @@ import importlib.util
 import os
 import sys
 import sysconfig
+from pathlib import Path
 
 PTH_NAME = "selfsup_torchvision_compat.pth"
+MODULE_NAME = "_selfsup_torchvision_compat"
 _done = False
 
 
@@ -112,19 +115,24 @@ def install_hook() -> None:
 
 
 def install_pth(site_packages: str | None = None) -> str:
-    """Write the ``.pth`` file that activates the hook in every interpreter of this env."""
-    target = site_packages or sysconfig.get_paths()["purelib"]
-    path = os.path.join(target, PTH_NAME)
-    line = (
-        "import importlib.util as _u; "
-        "_u.find_spec('selfsup') and __import__('selfsup.compat.torchvision_ops', "
-        "fromlist=['install_hook']).install_hook()\n"
-    )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(line)
+    """Activate the hook in every interpreter of this environment.
+
+    Copies this file into site-packages as a top-level module ``MODULE_NAME`` and writes
+    a ``.pth`` line importing it, so interpreter start-up never imports the ``selfsup``
+    package itself (pytest plugins such as jaxtyping's must import it later).
+    """
+    target = Path(site_packages or sysconfig.get_paths()["purelib"])
+    with open(__file__) as src:
+        code = src.read()
+    _atomic_write(target / f"{MODULE_NAME}.py", code)
+    _atomic_write(target / PTH_NAME, f"import {MODULE_NAME}; {MODULE_NAME}.install_hook()\n")
+    return str(target / PTH_NAME)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
-    return path
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""Differentiable renderers: rays, NeuS / density volume rendering (and Gaussian splatting).
+
+``render`` knows no dataset and imports nothing from ``selfsup``: it takes rays and a field
+callable and returns typed dataclasses. Dimension letters: R rays, S samples per ray,
+P points, C channels.
+"""
+
+from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb
+from render.volume import (
+    DensityRenderOutput,
+    FieldSamples,
+    NeuSRenderer,
+    VolumeRenderOutput,
+    depth_from_dist,
+    neus_alpha,
+    render_density,
+    resolve_backend,
+    weights_from_alpha,
+    weights_from_density,
+)
+
+__all__ = [
+    "Rays",
+    "pixel_rays",
+    "jittered_pixel_grid",
+    "ray_aabb",
+    "FieldSamples",
+    "VolumeRenderOutput",
+    "DensityRenderOutput",
+    "NeuSRenderer",
+    "neus_alpha",
+    "weights_from_alpha",
+    "weights_from_density",
+    "render_density",
+    "depth_from_dist",
+    "resolve_backend",
+]

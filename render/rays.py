@@ -1,0 +1,182 @@
+"""Camera rays: pixel rays from intrinsics and poses, jittered pixel grids, ray/box clipping.
+
+Pixel convention used throughout ``render/``: ``uv`` are continuous image coordinates in
+the frame the intrinsics ``K`` are expressed in, ``u`` along columns (x, right) and ``v``
+along rows (y, down). Pixel (row ``i``, column ``j``) covers ``[j, j + 1) x [i, i + 1)``, so
+its centre is ``(j + 0.5, i + 0.5)``. This is the convention of ``torch.nn.functional.grid_sample``
+with ``align_corners=False``: an image of width ``W`` is sampled at ``uv`` with the normalised
+coordinate ``2 u / W - 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "ray_aabb"]
+
+
+@dataclass
+class Rays:
+    """A batch of rays in the frame that ``T_world_cam`` maps into (world or ego).
+
+    Attributes:
+        origins: ray origins (the camera centre), metres.
+        directions: unit-norm ray directions.
+        depth_per_dist: camera depth (z in the OpenCV camera frame) per metre travelled along
+            the ray, i.e. the z component of the unit direction in the camera frame; a point
+            at distance ``dist`` along the ray has ``depth = dist * depth_per_dist``.
+    """
+
+    origins: Float[Tensor, "*b R 3"]
+    directions: Float[Tensor, "*b R 3"]
+    depth_per_dist: Float[Tensor, "*b R"]
+
+
+def pixel_rays(
+    K: Float[Tensor, "*b 3 3"],
+    T_world_cam: Float[Tensor, "*b 4 4"],
+    uv: Float[Tensor, "*b R 2"],
+) -> Rays:
+    """Back-project pixel coordinates into unit rays through a pinhole camera.
+
+    Args:
+        K: pinhole intrinsics, pixels, for the image the ``uv`` refer to.
+        T_world_cam: camera-to-world pose (``p_world = T_world_cam @ p_cam``), OpenCV camera
+            frame (x right, y down, z forward), metres. "world" is whatever frame the caller
+            wants the rays in (ego, global).
+        uv: continuous pixel coordinates, ``u`` = column, ``v`` = row; pixel centres at
+            ``+0.5`` (see the module docstring).
+
+    Returns:
+        ``Rays`` with origins at the camera centre, unit directions, and ``depth_per_dist``
+        (``> 0`` for every pixel of a pinhole camera).
+
+    Raises:
+        ValueError: if ``K`` is singular.
+
+    Source: pinhole model, Hartley & Zisserman, Multiple View Geometry, eq. 6.8 (x = K [R|t] X).
+
+    >>> K = torch.tensor([[100.0, 0, 50], [0, 100, 40], [0, 0, 1]])
+    >>> rays = pixel_rays(K, torch.eye(4), torch.tensor([[50.0, 40.0]]))
+    >>> rays.directions, rays.depth_per_dist
+    (tensor([[0., 0., 1.]]), tensor([1.]))
+    """
+    if torch.any(torch.linalg.det(K.double()).abs() < 1e-12):
+        raise ValueError(f"pixel_rays: intrinsics K are singular: {K}")
+    ones = torch.ones_like(uv[..., :1])
+    uv1 = torch.cat([uv, ones], dim=-1)  # [*b R 3], homogeneous pixel
+    # Solving instead of inverting K keeps float32 precision for large focal lengths.
+    dirs_cam = torch.linalg.solve(K, uv1.transpose(-1, -2)).transpose(-1, -2)  # z == 1
+    norm = dirs_cam.norm(dim=-1)
+    dirs_cam = dirs_cam / norm[..., None]
+    R_world_cam = T_world_cam[..., :3, :3]
+    directions = dirs_cam @ R_world_cam.transpose(-1, -2)
+    origins = T_world_cam[..., None, :3, 3].expand_as(directions)
+    return Rays(origins=origins, directions=directions, depth_per_dist=dirs_cam[..., 2])
+
+
+def jittered_pixel_grid(
+    height: int,
+    width: int,
+    rows: int,
+    cols: int,
+    generator: torch.Generator | None = None,
+    jitter: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Float[Tensor, "R 2"]:
+    """A ``rows x cols`` grid of pixel coordinates covering an image, one per cell.
+
+    The image ``[0, width) x [0, height)`` is cut into ``rows x cols`` equal cells; each
+    cell gives one coordinate, uniformly random inside the cell when ``jitter`` is set,
+    else the cell centre. With ``rows == height`` and ``cols == width`` and no jitter the
+    result is exactly the pixel centres ``(j + 0.5, i + 0.5)``.
+
+    Args:
+        height, width: image size, pixels.
+        rows, cols: grid size (SelfOcc: 48 x 100 per camera).
+        generator: random generator for the jitter (its device must match ``device``).
+        jitter: draw a random point per cell (training) or take the cell centre.
+        device, dtype: of the returned tensor.
+
+    Returns:
+        ``uv`` of shape ``[rows * cols, 2]``, row-major (``reshape(rows, cols, 2)`` gives
+        the grid), ``u`` = column coordinate, ``v`` = row coordinate.
+
+    Raises:
+        ValueError: if a size is not positive.
+
+    Source: SelfOcc (Huang et al. 2024), jittered ray grid per camera.
+    """
+    if min(height, width, rows, cols) <= 0:
+        raise ValueError(
+            f"jittered_pixel_grid: sizes must be positive, got height={height}, width={width}, "
+            f"rows={rows}, cols={cols}"
+        )
+    cell_h = height / rows
+    cell_w = width / cols
+    i = torch.arange(rows, device=device, dtype=dtype)
+    j = torch.arange(cols, device=device, dtype=dtype)
+    v0, u0 = torch.meshgrid(i * cell_h, j * cell_w, indexing="ij")
+    if jitter:
+        offset = torch.rand((rows, cols, 2), generator=generator, device=device, dtype=dtype)
+    else:
+        offset = torch.full((rows, cols, 2), 0.5, device=device, dtype=dtype)
+    u = u0 + offset[..., 0] * cell_w
+    v = v0 + offset[..., 1] * cell_h
+    return torch.stack([u, v], dim=-1).reshape(rows * cols, 2)
+
+
+def ray_aabb(
+    origins: Float[Tensor, "*b 3"],
+    directions: Float[Tensor, "*b 3"],
+    box_min: Float[Tensor, "3"],
+    box_max: Float[Tensor, "3"],
+) -> tuple[Float[Tensor, "*b"], Float[Tensor, "*b"], Bool[Tensor, "*b"]]:
+    """Where rays enter and leave an axis-aligned box (slab method).
+
+    Rays are half-lines ``o + t d`` with ``t >= 0``: a ray starting inside the box has
+    ``t_near = 0``. Direction components that are exactly zero are handled explicitly
+    (the slab is then all of ``t`` if the origin lies between the two planes, else empty),
+    so no ``0 * inf`` NaN appears. Distances are in units of ``|d|`` (metres for unit
+    directions).
+
+    Args:
+        origins: ray origins, metres, in the box's frame.
+        directions: ray directions (need not be unit).
+        box_min, box_max: box corners, metres.
+
+    Returns:
+        ``(t_near, t_far, hit)``; ``hit`` is true where the ray crosses the box with positive
+        length (``t_far > t_near``). Where ``hit`` is false, ``t_near = t_far = 0`` so a
+        renderer given these bounds produces an empty ray.
+
+    Raises:
+        ValueError: if ``box_min > box_max`` on some axis.
+
+    Source: Kay & Kajiya 1986, ray/slab intersection.
+    """
+    if torch.any(box_min > box_max):
+        raise ValueError(f"ray_aabb: box_min {box_min} must be <= box_max {box_max}")
+    box_min = box_min.to(origins)
+    box_max = box_max.to(origins)
+    parallel = directions == 0
+    safe_dirs = torch.where(parallel, torch.ones_like(directions), directions)
+    t0 = (box_min - origins) / safe_dirs
+    t1 = (box_max - origins) / safe_dirs
+    t_lo = torch.minimum(t0, t1)
+    t_hi = torch.maximum(t0, t1)
+    inside_slab = (origins >= box_min) & (origins <= box_max)
+    inf = torch.full_like(t_lo, float("inf"))
+    # A ray parallel to a slab never crosses its planes: all t or no t.
+    t_lo = torch.where(parallel, torch.where(inside_slab, -inf, inf), t_lo)
+    t_hi = torch.where(parallel, torch.where(inside_slab, inf, -inf), t_hi)
+    t_near = t_lo.amax(dim=-1).clamp_min(0.0)
+    t_far = t_hi.amin(dim=-1)
+    hit = t_far > t_near
+    zero = torch.zeros_like(t_near)
+    return torch.where(hit, t_near, zero), torch.where(hit, t_far, zero), hit

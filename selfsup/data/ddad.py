@@ -1,0 +1,232 @@
+"""DDAD scenes in the TRI DGP JSON format as :class:`Frames`.
+
+A DGP scene folder holds ``scene_<hash>.json`` (samples, and one datum per sensor and
+sample with ``pose`` = sensor -> world, translation + quaternion ``qw qx qy qz``),
+``calibration/<key>.json`` (per sensor: ``intrinsics`` fx fy cx cy skew and
+``extrinsics`` = sensor -> vehicle pose), ``rgb/<CAMERA>/<t>.jpg`` and
+``point_cloud/LIDAR/<t>.npz`` (``data``: N x 4 X Y Z INTENSITY in the LiDAR frame).
+
+Ego frame: the DGP vehicle frame, ``T_world_vehicle = T_world_lidar @ inv(T_vehicle_lidar)``
+from the LIDAR datum of each sample (the sample / reference time is the LiDAR time).
+It is x forward, y left, z up with the origin on the ground; checked on the bundled
+scene_02: the front camera CAMERA_01 looks along ego (1.00, 0.07, -0.01), CAMERA_05 (mounted
+at y = +0.46 m) along (0.62, 0.78, -0.02), i.e. front-left; the vehicle z axis is
+(-0.03, 0.01, 0.999) in world; cameras sit 1.53-1.58 m above the origin and the lowest LiDAR
+returns (2nd percentile) have z = -0.04 m, the ground. Each camera datum has its own pose
+(its capture time is ~90 ms before the LiDAR); ``T_ego_cam = inv(T_world_vehicle) @
+T_world_cam`` folds that motion in (3 cm here, the ego drives slowly). Camera frames are
+OpenCV; LiDAR points projected with these poses land inside every camera's image with
+median depths 13-26 m.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from selfsup.data.frames import Frames
+from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
+
+DDAD_CAMERAS: tuple[str, ...] = ("CAMERA_01", "CAMERA_05", "CAMERA_06", "CAMERA_07", "CAMERA_08", "CAMERA_09")
+LIDAR = "LIDAR"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _pose(p: dict, what: str) -> np.ndarray:
+    """DGP protobuf-JSON pose ``{translation: {x,y,z}, rotation: {qw,qx,qy,qz}}`` -> 4x4."""
+    from pyquaternion import Quaternion
+
+    try:
+        t, q = p["translation"], p["rotation"]
+        T = np.eye(4)
+        T[:3, :3] = Quaternion(q["qw"], q["qx"], q["qy"], q["qz"]).rotation_matrix
+        T[:3, 3] = [t.get("x", 0.0), t.get("y", 0.0), t.get("z", 0.0)]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{what}: pose needs translation.x/y/z and rotation.qw/qx/qy/qz, got {p!r}") from e
+    return T
+
+
+def _microseconds(iso: str) -> int:
+    """DGP ISO-8601 timestamp (``2464-11-12T01:04:10.027900Z``) -> integer microseconds."""
+    dt = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    delta = dt - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _load_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    with open(path) as f:
+        return json.load(f)
+
+
+class DDADFrames(Dataset):
+    """Samples of DGP / DDAD scenes with temporal neighbours, yielding :class:`Frames`.
+
+    Neighbours count samples of the same scene (DDAD samples are 10 Hz; the bundled test
+    scene has 3 samples 1.0 s apart). By default only samples that have every requested
+    neighbour are indexed (with ``(-1, 1)`` the bundled scene_02 gives 1 sample, its
+    middle one); ``allow_missing_neighbours=True`` indexes every sample and clamps a
+    missing neighbour to the nearest existing sample in that direction (the current one
+    at worst), ``frame_offsets`` holding the offset actually used.
+
+    Args:
+        root: folder holding the scene folders (``data/samples/ddad/test_scene``).
+        scene: scene folder name or a tuple of them.
+        cameras: DGP camera names, in output order.
+        neighbours: sample offsets of the neighbour frames, e.g. ``(-1, 1)``.
+        image_hw, resize_scale, crop_top: output size and resize / crop, see
+            :meth:`selfsup.data.image.ResizeCrop.plan` (``None`` keeps 1216x1936).
+        load_lidar: load LiDAR points; if False ``points_ego`` holds ``[0, 3]`` tensors.
+        ego_mask_dir: folder with ``<CAMERA>_mask.png`` (255 = scene); ``None`` marks
+            every pixel valid.
+        allow_missing_neighbours: see above.
+
+    Raises:
+        FileNotFoundError: missing scene folder / JSON, calibration, image or point cloud.
+        KeyError: a camera or datum missing from a sample.
+        ValueError: malformed pose / intrinsics, bad image size, no usable sample.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        scene: str | tuple[str, ...] = "scene_02",
+        cameras: tuple[str, ...] = DDAD_CAMERAS,
+        neighbours: tuple[int, ...] = (-1, 1),
+        image_hw: tuple[int, int] | None = None,
+        resize_scale: float | None = None,
+        crop_top: int | None = None,
+        load_lidar: bool = True,
+        ego_mask_dir: str | None = None,
+        allow_missing_neighbours: bool = False,
+    ) -> None:
+        if 0 in neighbours:
+            raise ValueError(f"neighbours are offsets other than 0 (frame 0 is always the current one), got {neighbours}")
+        self.root = Path(root)
+        self.cameras = tuple(cameras)
+        self.neighbours = tuple(int(n) for n in neighbours)
+        self.load_lidar = load_lidar
+        self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
+        scenes = (scene,) if isinstance(scene, str) else tuple(scene)
+        self.scenes = {name: self._read_scene(name) for name in scenes}
+        hw = {fr["cams"][c]["hw"] for frames in self.scenes.values() for fr in frames for c in self.cameras}
+        if len(hw) != 1:
+            raise ValueError(f"DDAD cameras {self.cameras} have different image sizes {sorted(hw)}")
+        self.transform = ResizeCrop.plan(hw.pop(), image_hw, resize_scale, crop_top)
+        self.items: list[tuple[str, int]] = []
+        for name, frames in self.scenes.items():
+            for i in range(len(frames)):
+                if allow_missing_neighbours or all(0 <= i + o < len(frames) for o in self.neighbours):
+                    self.items.append((name, i))
+        if not self.items:
+            raise ValueError(
+                f"no DDAD sample of {scenes} has all neighbours {self.neighbours}; "
+                "pass allow_missing_neighbours=True to clamp them"
+            )
+
+    def _read_scene(self, name: str) -> list[dict]:
+        folder = self.root / name
+        found = sorted(folder.glob("scene_*.json")) if folder.is_dir() else []
+        if len(found) != 1:
+            raise FileNotFoundError(f"DDAD scene folder {folder} must hold exactly one scene_*.json, found {len(found)}")
+        scene = _load_json(found[0], "DDAD scene file")
+        data = {d["key"]: d for d in scene["data"]}
+        calibs: dict[str, dict] = {}
+        frames = []
+        for s_i, sample in enumerate(scene["samples"]):
+            key = sample["calibration_key"]
+            if key not in calibs:
+                cal = _load_json(folder / "calibration" / f"{key}.json", "DDAD calibration file")
+                calibs[key] = {
+                    n: (i, _pose(e, f"{name} calibration {key} extrinsics of {n}"))
+                    for n, i, e in zip(cal["names"], cal["intrinsics"], cal["extrinsics"])
+                }
+            cal = calibs[key]
+            by_name = {data[k]["id"]["name"]: data[k] for k in sample["datum_keys"] if k in data}
+            what = f"{name} sample {s_i}"
+            for needed in (LIDAR, *self.cameras):
+                if needed not in by_name:
+                    raise KeyError(f"{what} has no datum {needed!r} (it has {sorted(by_name)})")
+                if needed not in cal:
+                    raise KeyError(f"{what}: calibration {key} has no sensor {needed!r}")
+            lidar = by_name[LIDAR]["datum"]["point_cloud"]
+            T_world_lidar = _pose(lidar["pose"], f"{what} LIDAR datum")
+            T_world_ego = T_world_lidar @ np.linalg.inv(cal[LIDAR][1])
+            cams = {}
+            for cam in self.cameras:
+                img = by_name[cam]["datum"]["image"]
+                intr = cal[cam][0]
+                try:
+                    K = np.array([[intr["fx"], intr.get("skew", 0.0), intr["cx"]], [0.0, intr["fy"], intr["cy"]], [0.0, 0.0, 1.0]])
+                except KeyError as e:
+                    raise ValueError(f"{what}: intrinsics of {cam} need fx fy cx cy, got {intr!r}") from e
+                cams[cam] = dict(
+                    path=folder / img["filename"], hw=(int(img["height"]), int(img["width"])), K=K,
+                    T_world_cam=_pose(img["pose"], f"{what} {cam} datum"),
+                )
+            frames.append(dict(
+                time_us=_microseconds(by_name[LIDAR]["id"]["timestamp"]), T_world_ego=T_world_ego,
+                T_ego_lidar=cal[LIDAR][1], lidar_path=folder / lidar["filename"], cams=cams,
+            ))
+        return sorted(frames, key=lambda f: f["time_us"])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _points(self, frame: dict) -> np.ndarray:
+        path = frame["lidar_path"]
+        if not path.is_file():
+            raise FileNotFoundError(f"DDAD LiDAR file {path} does not exist")
+        try:
+            xyz = np.load(path)["data"][:, :3].astype(np.float64)
+        except (KeyError, ValueError, OSError) as e:
+            raise ValueError(f"DDAD LiDAR file {path}: expected an npz with 'data' of shape N x >=3 ({e})") from e
+        T = frame["T_ego_lidar"]
+        return xyz @ T[:3, :3].T + T[:3, 3]
+
+    def __getitem__(self, i: int) -> Frames:
+        name, idx = self.items[i]
+        frames = self.scenes[name]
+        chosen = [idx] + [min(max(idx + o, 0), len(frames) - 1) for o in self.neighbours]
+        images, Ks, T_ego_cam, T_world_ego, stamps, points = [], [], [], [], [], []
+        for j in chosen:
+            fr = frames[j]
+            T_ego_world = np.linalg.inv(fr["T_world_ego"])
+            imgs, ks, tcs = [], [], []
+            for cam in self.cameras:
+                c = fr["cams"][cam]
+                imgs.append(to_float_chw(self.transform.image(open_image(c["path"], f"DDAD {name} {cam}"))))
+                ks.append(self.transform.intrinsics(c["K"]))
+                tcs.append(T_ego_world @ c["T_world_cam"])
+            images.append(np.stack(imgs))
+            Ks.append(np.stack(ks))
+            T_ego_cam.append(np.stack(tcs))
+            T_world_ego.append(fr["T_world_ego"])
+            stamps.append(fr["time_us"] / 1e6)
+            pts = self._points(fr) if self.load_lidar else np.zeros((0, 3))
+            points.append(torch.from_numpy(pts.astype(np.float32)))
+        h, w = self.transform.out_hw
+        if self.ego_mask_dir is None:
+            masks = torch.ones(len(self.cameras), h, w, dtype=torch.bool)
+        else:
+            masks = torch.from_numpy(np.stack([
+                load_valid_mask(self.ego_mask_dir / f"{cam}_mask.png", self.transform) for cam in self.cameras]))
+        return Frames(
+            images=torch.from_numpy(np.stack(images)),
+            K=torch.from_numpy(np.stack(Ks).astype(np.float32)),
+            T_ego_cam=torch.from_numpy(np.stack(T_ego_cam).astype(np.float32)),
+            T_global_ego=torch.from_numpy(np.stack(T_world_ego).astype(np.float32)),
+            timestamps=torch.tensor(stamps, dtype=torch.float64),
+            frame_offsets=torch.tensor([j - idx for j in chosen], dtype=torch.int64),
+            valid_masks=masks,
+            points_ego=points,
+            tokens=f"{name}/{frames[idx]['time_us']}",
+            scene_names=name,
+            camera_names=self.cameras,
+        )

@@ -1,0 +1,412 @@
+"""nuScenes multi-camera frames (nuscenes-devkit tables or a cached index) as :class:`Frames`.
+
+The devkit tables are walked once into a compact *index* (:func:`build_index`): per
+keyframe the sample token, scene name, timestamps, file paths relative to the data root,
+4x4 calibrations and ego poses, and prev / next links. ``scripts/create_infos.py`` pickles
+that index so training does not re-walk the tables at each start; :class:`NuScenesFrames`
+reads either and yields identical samples.
+
+Reference frame of a frame t: the ego pose at the LiDAR (keyframe) time for keyframes,
+the ego pose of the first configured camera for camera sweeps. Each camera's own ego pose
+(it is captured up to ~45 ms away from the LiDAR) is folded into ``T_ego_cam``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from selfsup.data.frames import Frames
+from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
+
+NUSCENES_CAMERAS: tuple[str, ...] = (
+    "CAM_FRONT_LEFT",
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_RIGHT",
+)
+LIDAR = "LIDAR_TOP"
+DEVKIT_TABLES: tuple[str, ...] = (
+    "category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
+    "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map",
+)
+INDEX_FORMAT = 1
+SPLITS = ("train", "val", "test", "mini_train", "mini_val", "all")
+
+
+def _pose(rotation_wxyz, translation) -> np.ndarray:
+    from pyquaternion import Quaternion
+
+    T = np.eye(4)
+    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
+    T[:3, 3] = translation
+    return T
+
+
+def open_devkit(data_root: str, version: str):
+    """Load ``nuscenes.nuscenes.NuScenes`` after checking that every table file exists.
+
+    Raises:
+        FileNotFoundError: naming the missing data root, version folder or table file.
+        KeyError: if the tables reference a token that does not exist.
+    """
+    table_root = Path(data_root) / version
+    if not table_root.is_dir():
+        raise FileNotFoundError(f"nuScenes version folder {table_root} does not exist (data_root={data_root!r}, version={version!r})")
+    for name in DEVKIT_TABLES:
+        if not (table_root / f"{name}.json").is_file():
+            raise FileNotFoundError(f"nuScenes table '{name}' is missing: {table_root / (name + '.json')} does not exist")
+    from nuscenes.nuscenes import NuScenes
+
+    try:
+        return NuScenes(version=version, dataroot=str(data_root), verbose=False)
+    except KeyError as e:
+        raise KeyError(f"nuScenes tables in {table_root} reference an unknown token {e}") from None
+
+
+def _get(nusc, table: str, token: str, referenced_by: str) -> dict:
+    try:
+        return nusc.get(table, token)
+    except KeyError:
+        raise KeyError(f"nuScenes table '{table}' has no token '{token}' (referenced by {referenced_by})") from None
+
+
+def split_scene_names(nusc, split: str) -> list[str]:
+    """Scene names of ``split`` present in the loaded tables, in table order.
+
+    ``"all"`` is every scene of the tables; the others come from ``nuscenes.utils.splits``.
+
+    Raises:
+        ValueError: for an unknown split or one with no scene in these tables.
+    """
+    names = [s["name"] for s in nusc.scene]
+    if split == "all":
+        return names
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise ValueError(f"unknown nuScenes split {split!r}; expected one of {sorted(splits) + ['all']}")
+    wanted = set(splits[split])
+    chosen = [n for n in names if n in wanted]
+    if not chosen:
+        raise ValueError(f"split {split!r} has no scene in version {nusc.version!r} at {nusc.dataroot} (scenes there: {names})")
+    return chosen
+
+
+def _sample_data_record(nusc, sd: dict) -> dict:
+    cs = _get(nusc, "calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
+    ep = _get(nusc, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+    K = np.array(cs["camera_intrinsic"], dtype=np.float64) if cs["camera_intrinsic"] else None
+    return dict(
+        token=sd["token"],
+        channel=sd["channel"],
+        filename=sd["filename"],
+        timestamp=int(sd["timestamp"]),
+        is_key_frame=bool(sd["is_key_frame"]),
+        sample_token=sd["sample_token"],
+        prev=sd["prev"],
+        next=sd["next"],
+        T_ego_sensor=_pose(cs["rotation"], cs["translation"]),
+        T_global_ego=_pose(ep["rotation"], ep["translation"]),
+        K=K,
+        hw=(int(sd["height"]), int(sd["width"])),
+    )
+
+
+def build_index(nusc, split: str, with_sweeps: bool = False) -> dict[str, Any]:
+    """Walk the devkit tables once into a compact, picklable index of ``split``.
+
+    Args:
+        nusc: a loaded ``NuScenes``.
+        split: a ``nuscenes.utils.splits`` name or ``"all"``.
+        with_sweeps: also store every non-keyframe camera / LiDAR sample_data of the
+            chosen scenes (needed for ``neighbour_source="sweeps"``).
+
+    Returns:
+        ``dict(format, version, split, with_sweeps, samples, sample_data, scene_lidar)``:
+        ``samples`` a list in scene / time order of dicts with ``token``, ``scene_name``,
+        ``timestamp`` (us), ``prev``, ``next`` and ``data`` (channel -> sample_data token);
+        ``sample_data`` token -> dict with ``filename`` (relative to the data root),
+        ``timestamp`` (us), ``T_ego_sensor`` and ``T_global_ego`` (float64 4x4), ``K``
+        (3x3 or None), ``prev`` / ``next``; ``scene_lidar`` scene name -> LiDAR
+        sample_data tokens in time order.
+
+    Raises:
+        KeyError: naming the table and token of a dangling reference.
+    """
+    samples: list[dict] = []
+    sample_data: dict[str, dict] = {}
+    scene_lidar: dict[str, list[str]] = {}
+    for name in split_scene_names(nusc, split):
+        scene = next(s for s in nusc.scene if s["name"] == name)
+        token = scene["first_sample_token"]
+        scene_sd: list[str] = []
+        while token:
+            sample = _get(nusc, "sample", token, f"scene {name}")
+            data = {}
+            for channel, sd_token in sample["data"].items():
+                if channel != LIDAR and not channel.startswith("CAM_"):
+                    continue
+                sd = _get(nusc, "sample_data", sd_token, f"sample {token}")
+                sample_data[sd_token] = _sample_data_record(nusc, sd)
+                scene_sd.append(sd_token)
+                data[channel] = sd_token
+                if with_sweeps:
+                    for direction in ("prev", "next"):
+                        link = sd[direction]
+                        while link and link not in sample_data:
+                            sweep = _get(nusc, "sample_data", link, f"sample_data {sd_token}")
+                            if sweep["is_key_frame"]:
+                                break
+                            sample_data[link] = _sample_data_record(nusc, sweep)
+                            scene_sd.append(link)
+                            link = sweep[direction]
+            if LIDAR not in data:
+                raise KeyError(f"sample {token} of {name} has no {LIDAR} sample_data")
+            samples.append(dict(token=token, scene_name=name, timestamp=int(sample["timestamp"]),
+                                prev=sample["prev"], next=sample["next"], data=data))
+            token = sample["next"]
+        lidar_tokens = {t for t in scene_sd if sample_data[t]["channel"] == LIDAR}
+        scene_lidar[name] = sorted(lidar_tokens, key=lambda t: sample_data[t]["timestamp"])
+    return dict(format=INDEX_FORMAT, version=nusc.version, split=split, with_sweeps=with_sweeps,
+                samples=samples, sample_data=sample_data, scene_lidar=scene_lidar)
+
+
+def save_index(index: dict, path: str | os.PathLike) -> None:
+    """Pickle ``index`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_index(path: str | os.PathLike, version: str | None = None, split: str | None = None) -> dict:
+    """Load an index written by :func:`save_index` and check it matches ``version`` / ``split``.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is not an index of this format, version or split.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"nuScenes infos file {path} does not exist (write it with scripts/create_infos.py)")
+    with open(path, "rb") as f:
+        index = pickle.load(f)
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{path} is not a selfsup nuScenes index of format {INDEX_FORMAT}")
+    for key, want in (("version", version), ("split", split)):
+        if want is not None and index[key] != want:
+            raise ValueError(f"{path} indexes {key} {index[key]!r}, expected {want!r}")
+    return index
+
+
+class NuScenesFrames(Dataset):
+    """nuScenes keyframes with temporal neighbours, yielding :class:`Frames`.
+
+    Neighbours missing at a scene boundary: with ``allow_missing_neighbours=True``
+    (default) the nearest available frame in that direction is used (the current
+    frame itself if there is none) and ``frame_offsets`` holds the offset actually
+    used, so a repeat shows as offset 0; with ``False`` only keyframes that have every
+    requested neighbour are indexed.
+
+    Args:
+        data_root: nuScenes data root (holds ``samples/`` and ``<version>/``).
+        version: table version folder, e.g. ``"v1.0-trainval"``, ``"v1.0-mini"``.
+        split: ``"train"``, ``"val"``, ``"mini_train"``, ``"mini_val"``, ... (from
+            ``nuscenes.utils.splits``) or ``"all"`` (every scene in the tables).
+        neighbours: frame offsets after the current frame, e.g. ``(-1, 1)``.
+        neighbour_source: ``"keyframes"`` (offsets count 2 Hz keyframes) or
+            ``"sweeps"`` (offsets count ~12 Hz camera sample_data along each camera's
+            ``prev`` / ``next`` links; needs an index with sweeps).
+        image_hw, resize_scale, crop_top: output size and resize / crop, see
+            :meth:`selfsup.data.image.ResizeCrop.plan` (``None`` keeps 900x1600).
+        cameras: camera channels, in output order.
+        load_lidar: load LiDAR points; if False ``points_ego`` holds ``[0, 3]`` tensors.
+        infos_path: index pickled by ``scripts/create_infos.py``; the devkit is not
+            loaded then.
+        ego_mask_dir: folder with ``<CAMERA>_mask.png`` (255 = scene); ``None`` marks
+            every pixel valid.
+        allow_missing_neighbours: see above.
+
+    Raises:
+        FileNotFoundError: missing data root, table, infos file, image, point cloud or mask.
+        KeyError: unknown token in the tables.
+        ValueError: bad split, camera, neighbour source or image size.
+    """
+
+    def __init__(
+        self,
+        data_root: str,
+        version: str = "v1.0-trainval",
+        split: str = "train",
+        neighbours: tuple[int, ...] = (-1, 1),
+        neighbour_source: str = "keyframes",
+        image_hw: tuple[int, int] | None = None,
+        resize_scale: float | None = None,
+        crop_top: int | None = None,
+        cameras: tuple[str, ...] = NUSCENES_CAMERAS,
+        load_lidar: bool = True,
+        infos_path: str | None = None,
+        ego_mask_dir: str | None = None,
+        allow_missing_neighbours: bool = True,
+    ) -> None:
+        if neighbour_source not in ("keyframes", "sweeps"):
+            raise ValueError(f"neighbour_source must be 'keyframes' or 'sweeps', got {neighbour_source!r}")
+        if 0 in neighbours:
+            raise ValueError(f"neighbours are offsets other than 0 (frame 0 is always the current one), got {neighbours}")
+        self.data_root = Path(data_root)
+        self.cameras = tuple(cameras)
+        self.neighbours = tuple(int(n) for n in neighbours)
+        self.neighbour_source = neighbour_source
+        self.load_lidar = load_lidar
+        self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
+        self.allow_missing_neighbours = allow_missing_neighbours
+        if infos_path is not None:
+            self.index = load_index(infos_path, version=version, split=split)
+        else:
+            nusc = open_devkit(data_root, version)
+            self.index = build_index(nusc, split, with_sweeps=neighbour_source == "sweeps")
+        if neighbour_source == "sweeps" and not self.index["with_sweeps"]:
+            raise ValueError(f"neighbour_source='sweeps' needs an index with sweeps (create_infos.py --with-sweeps); {infos_path} has none")
+        self.sample_data = self.index["sample_data"]
+        self._by_token = {s["token"]: s for s in self.index["samples"]}
+        for cam in self.cameras:
+            if cam not in self.index["samples"][0]["data"]:
+                raise ValueError(f"camera {cam!r} is not in the nuScenes tables; expected names like {NUSCENES_CAMERAS}")
+        first_cam = self.sample_data[self.index["samples"][0]["data"][self.cameras[0]]]
+        self.transform = ResizeCrop.plan(first_cam["hw"], image_hw, resize_scale, crop_top)
+        self.samples = [s for s in self.index["samples"] if allow_missing_neighbours or self._has_all_neighbours(s)]
+        if not self.samples:
+            raise ValueError(
+                f"no nuScenes sample of split {split!r} has all neighbours {self.neighbours}; "
+                "pass allow_missing_neighbours=True to clamp them"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def index_of(self, token: str) -> int:
+        """Dataset position of a sample token.
+
+        Raises:
+            KeyError: naming the token if it is not in this dataset.
+        """
+        for i, s in enumerate(self.samples):
+            if s["token"] == token:
+                return i
+        raise KeyError(f"sample token {token!r} is not in this nuScenes dataset ({len(self.samples)} samples)")
+
+    # -- neighbours ---------------------------------------------------------------------
+    def _walk_sample(self, sample: dict, offset: int) -> tuple[dict, int]:
+        """Follow prev / next keyframe links up to |offset| steps; returns (sample, steps taken)."""
+        key = "next" if offset > 0 else "prev"
+        steps = 0
+        while steps < abs(offset) and sample[key] and sample[key] in self._by_token:
+            sample = self._by_token[sample[key]]
+            steps += 1
+        return sample, steps * (1 if offset > 0 else -1)
+
+    def _walk_sd(self, token: str, offset: int) -> list[str]:
+        key = "next" if offset > 0 else "prev"
+        chain = [token]
+        while len(chain) <= abs(offset):
+            nxt = self.sample_data[chain[-1]][key]
+            if not nxt or nxt not in self.sample_data:
+                break
+            chain.append(nxt)
+        return chain
+
+    def _has_all_neighbours(self, sample: dict) -> bool:
+        for off in self.neighbours:
+            if self.neighbour_source == "keyframes":
+                if self._walk_sample(sample, off)[1] != off:
+                    return False
+            elif any(len(self._walk_sd(sample["data"][c], off)) != abs(off) + 1 for c in self.cameras):
+                return False
+        return True
+
+    def _frame(self, sample: dict, offset: int) -> dict:
+        """Sample_data tokens of one frame: reference pose, cameras and LiDAR."""
+        if self.neighbour_source == "keyframes" or offset == 0:
+            target, used = self._walk_sample(sample, offset) if offset else (sample, 0)
+            lidar = target["data"][LIDAR]
+            return dict(offset=used, ref=lidar, cams=[target["data"][c] for c in self.cameras], lidar=lidar)
+        chains = [self._walk_sd(sample["data"][c], offset) for c in self.cameras]
+        steps = min(len(ch) for ch in chains) - 1
+        cams = [ch[steps] for ch in chains]
+        used = steps * (1 if offset > 0 else -1)
+        if used == 0:
+            return self._frame(sample, 0)
+        ref_time = self.sample_data[cams[0]]["timestamp"]
+        lidar = min(self.index["scene_lidar"][sample["scene_name"]],
+                    key=lambda t: abs(self.sample_data[t]["timestamp"] - ref_time))
+        return dict(offset=used, ref=cams[0], cams=cams, lidar=lidar)
+
+    # -- loading -----------------------------------------------------------------------
+    def _points(self, sd: dict, T_ego_global: np.ndarray) -> np.ndarray:
+        path = self.data_root / sd["filename"]
+        if not path.is_file():
+            raise FileNotFoundError(f"LiDAR file {path} of sample_data {sd['token']} does not exist")
+        raw = np.fromfile(path, dtype=np.float32)
+        if raw.size % 5:
+            raise ValueError(f"LiDAR file {path} holds {raw.size} floats, expected N x 5 (x y z intensity ring)")
+        xyz = raw.reshape(-1, 5)[:, :3].astype(np.float64)
+        T = T_ego_global @ sd["T_global_ego"] @ sd["T_ego_sensor"]
+        return xyz @ T[:3, :3].T + T[:3, 3]
+
+    def __getitem__(self, i: int) -> Frames:
+        sample = self.samples[i]
+        frames = [self._frame(sample, 0)] + [self._frame(sample, off) for off in self.neighbours]
+        images, Ks, T_ego_cam, T_global_ego, stamps, points = [], [], [], [], [], []
+        for fr in frames:
+            ref = self.sample_data[fr["ref"]]
+            T_ego_global = np.linalg.inv(ref["T_global_ego"])
+            T_global_ego.append(ref["T_global_ego"])
+            stamps.append(ref["timestamp"] / 1e6)
+            imgs, ks, tcs = [], [], []
+            for cam, tok in zip(self.cameras, fr["cams"]):
+                sd = self.sample_data[tok]
+                img = open_image(self.data_root / sd["filename"], f"{cam} of sample {sample['token']}")
+                imgs.append(to_float_chw(self.transform.image(img)))
+                ks.append(self.transform.intrinsics(sd["K"]))
+                tcs.append(T_ego_global @ sd["T_global_ego"] @ sd["T_ego_sensor"])
+            images.append(np.stack(imgs))
+            Ks.append(np.stack(ks))
+            T_ego_cam.append(np.stack(tcs))
+            pts = self._points(self.sample_data[fr["lidar"]], T_ego_global) if self.load_lidar else np.zeros((0, 3))
+            points.append(torch.from_numpy(pts.astype(np.float32)))
+        h, w = self.transform.out_hw
+        if self.ego_mask_dir is None:
+            masks = torch.ones(len(self.cameras), h, w, dtype=torch.bool)
+        else:
+            masks = torch.from_numpy(np.stack([
+                load_valid_mask(self.ego_mask_dir / f"{cam}_mask.png", self.transform) for cam in self.cameras]))
+        return Frames(
+            images=torch.from_numpy(np.stack(images)),
+            K=torch.from_numpy(np.stack(Ks).astype(np.float32)),
+            T_ego_cam=torch.from_numpy(np.stack(T_ego_cam).astype(np.float32)),
+            T_global_ego=torch.from_numpy(np.stack(T_global_ego).astype(np.float32)),
+            timestamps=torch.tensor(stamps, dtype=torch.float64),
+            frame_offsets=torch.tensor([fr["offset"] for fr in frames], dtype=torch.int64),
+            valid_masks=masks,
+            points_ego=points,
+            tokens=sample["token"],
+            scene_names=sample["scene_name"],
+            camera_names=self.cameras,
+        )

@@ -1,0 +1,169 @@
+"""Evaluation drivers shared by ``eval_depth.py``, ``eval_novel_depth.py`` and the demo:
+models in, metric accumulators from ``eval/`` out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from eval.depth import DepthMetricAccumulator, distance_bin
+from selfsup.data.frames import Frames, collate_frames
+from selfsup.model_api import OccupancyModel
+
+
+def scale_intrinsics(K: Float[Tensor, "*b 3 3"], from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Float[Tensor, "*b 3 3"]:
+    """Intrinsics of the same camera for an image resized from ``from_hw`` to ``to_hw``
+    (continuous pixel coordinates with pixel centres at +0.5 scale exactly)."""
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    S = torch.diag(torch.tensor([sx, sy, 1.0], dtype=K.dtype, device=K.device))
+    return S @ K
+
+
+@dataclass
+class LidarDepth:
+    """LiDAR depth targets of one camera image: pixel indices and camera depth (metres)."""
+
+    rows: Int[Tensor, "M"]
+    cols: Int[Tensor, "M"]
+    depth: Float[Tensor, "M"]
+
+
+def project_lidar(
+    points_ego: Float[Tensor, "P 3"],
+    K: Float[Tensor, "3 3"],
+    T_ego_cam: Float[Tensor, "4 4"],
+    hw: tuple[int, int],
+    min_depth: float,
+    max_depth: float,
+) -> LidarDepth:
+    """Project LiDAR points (ego frame) into a camera; keep those inside the image with
+    ``min_depth < depth < max_depth``; depth is camera z in metres, pixel = floor(uv)."""
+    T_cam_ego = torch.linalg.inv(T_ego_cam)
+    xyz = points_ego @ T_cam_ego[:3, :3].T + T_cam_ego[:3, 3]
+    z = xyz[:, 2]
+    uv = (xyz @ K.T)[:, :2] / z.clamp(min=1e-6)[:, None]
+    col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+    keep = (z > min_depth) & (z < max_depth) & (col >= 0) & (col < hw[1]) & (row >= 0) & (row < hw[0])
+    return LidarDepth(rows=row[keep], cols=col[keep], depth=z[keep])
+
+
+@torch.no_grad()
+def evaluate_depth(
+    model: OccupancyModel,
+    dataset,
+    depth_hw: tuple[int, int],
+    min_depth: float = 1e-3,
+    max_depth: float = 80.0,
+    device: torch.device | str = "cpu",
+    indices: list[int] | None = None,
+    constant_depth: float | None = None,
+    keep_maps: bool = False,
+) -> dict:
+    """Render depth of the current frame of each sample and score it against its LiDAR.
+
+    Depth is rendered at ``depth_hw`` (intrinsics scaled accordingly); each LiDAR point is
+    compared with the rendered pixel it falls in. Metrics follow ``eval.depth`` (SelfOcc:
+    per image, averaged over images, raw and median-scaled). With ``constant_depth`` the
+    model is not run and every pixel predicts that depth (a baseline).
+
+    Returns:
+        {"overall": accumulator result, "per_camera": {name: result}, "maps": [...] (if
+        ``keep_maps``: per sample [V, h, w] numpy depth maps)}.
+    """
+    model.eval()
+    indices = list(range(len(dataset))) if indices is None else indices
+    overall = DepthMetricAccumulator()
+    per_camera: dict[str, DepthMetricAccumulator] = {}
+    maps = []
+    for i in indices:
+        batch: Frames = collate_frames([dataset[i]]).to(device)
+        image_hw = tuple(batch.images.shape[-2:])
+        K = scale_intrinsics(batch.K[:, 0], image_hw, depth_hw)
+        if constant_depth is None:
+            depth = model.render_depth(batch, K, batch.T_ego_cam[:, 0], *depth_hw)[0]
+        else:
+            depth = torch.full((K.shape[1], *depth_hw), float(constant_depth), device=device)
+        if keep_maps:
+            maps.append(depth.cpu().numpy())
+        for v, name in enumerate(batch.camera_names):
+            target = project_lidar(batch.points_ego[0][0], K[0, v], batch.T_ego_cam[0, 0, v], depth_hw, min_depth, max_depth)
+            if target.depth.numel() == 0:
+                continue
+            pred = depth[v, target.rows, target.cols]
+            overall.update(pred.double().cpu(), target.depth.double().cpu())
+            per_camera.setdefault(name, DepthMetricAccumulator()).update(pred.double().cpu(), target.depth.double().cpu())
+    return {
+        "overall": overall.compute(),
+        "per_camera": {k: acc.compute() for k, acc in per_camera.items()},
+        "maps": maps,
+    }
+
+
+@torch.no_grad()
+def evaluate_novel_depth(
+    model: OccupancyModel,
+    dataset,
+    depth_hw: tuple[int, int],
+    min_depth: float = 1e-3,
+    max_depth: float = 80.0,
+    device: torch.device | str = "cpu",
+    indices: list[int] | None = None,
+) -> dict:
+    """Novel depth synthesis (SelfOcc protocol): from the current frame's representation,
+    render depth at the camera poses of each neighbouring frame and score it against that
+    frame's LiDAR, binned by ceil(distance between the frames' ego origins, metres).
+
+    Returns:
+        the ``DepthMetricAccumulator.compute()`` result with one bin per distance.
+    """
+    model.eval()
+    indices = list(range(len(dataset))) if indices is None else indices
+    acc = DepthMetricAccumulator()
+    for i in indices:
+        batch: Frames = collate_frames([dataset[i]]).to(device)
+        image_hw = tuple(batch.images.shape[-2:])
+        T_ego0_cam = batch.T_ego0_cam()  # [1, T, V, 4, 4]
+        T_ego0_ego = torch.linalg.inv(batch.T_global_ego[:, :1]) @ batch.T_global_ego  # [1, T, 4, 4]
+        for t in range(1, batch.images.shape[1]):
+            if int(batch.frame_offsets[0, t]) == 0:
+                continue  # a clamped neighbour that is the current frame itself
+            K = scale_intrinsics(batch.K[:, t], image_hw, depth_hw)
+            depth = model.render_depth(batch, K, T_ego0_cam[:, t], *depth_hw)[0]
+            bin_key = distance_bin(float(torch.linalg.norm(T_ego0_ego[0, t, :3, 3])))
+            for v in range(depth.shape[0]):
+                target = project_lidar(batch.points_ego[0][t], K[0, v], batch.T_ego_cam[0, t, v], depth_hw, min_depth, max_depth)
+                if target.depth.numel():
+                    acc.update(depth[v, target.rows, target.cols].double().cpu(), target.depth.double().cpu(), bin_key)
+    return acc.compute()
+
+
+def format_depth_table(result: dict, title: str) -> str:
+    """A fixed-width table of raw and median-scaled metrics (overall and per camera)."""
+    names = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+    lines = [title, f"{'':24s}" + "".join(f"{n:>10s}" for n in names)]
+    rows = [("overall", result["overall"])] + sorted(result.get("per_camera", {}).items())
+    for kind in ("raw", "median"):
+        for name, res in rows:
+            if kind in res:
+                m = res[kind]["all"]
+                lines.append(f"{kind + ' ' + name:24s}" + "".join(f"{m[n]:10.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def median_lidar_depth(dataset, depth_hw, min_depth=1e-3, max_depth=80.0, indices=None) -> float:
+    """Median LiDAR depth over the evaluated images: the constant of the constant-depth baseline."""
+    values = []
+    for i in list(range(len(dataset))) if indices is None else indices:
+        batch = collate_frames([dataset[i]])
+        K = scale_intrinsics(batch.K[:, 0], tuple(batch.images.shape[-2:]), depth_hw)
+        for v in range(K.shape[1]):
+            values.append(project_lidar(batch.points_ego[0][0], K[0, v], batch.T_ego_cam[0, 0, v], depth_hw, min_depth, max_depth).depth)
+    all_depth = torch.cat(values)
+    if all_depth.numel() == 0 or math.isnan(float(all_depth.median())):
+        raise ValueError("no LiDAR point falls into any evaluated image")
+    return float(all_depth.median())

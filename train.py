@@ -36,7 +36,8 @@ def main(argv=None) -> dict:
     summary = train(cfg, work_dir, resume_from=args.resume_from)
     last = summary["history"][-1] if summary["history"] else {}
     print(json.dumps({"work_dir": str(work_dir), "steps": summary["steps"],
-                      "num_processes": summary["num_processes"], "last": last}))
+                      "num_processes": summary["num_processes"], "distributed_type": summary["distributed_type"],
+                      "last": last}))
     return summary
 
 

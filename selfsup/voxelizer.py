@@ -8,7 +8,7 @@ Every model exposes ``predict_occupancy(batch) -> UInt8[Tensor, "B X Y Z"]`` (la
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, UInt8

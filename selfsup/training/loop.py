@@ -98,7 +98,12 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
         len(exp.train_data), settings.batch_size, settings.steps, state.step,
         accelerator.num_processes, accelerator.process_index, settings.seed,
     )
-    loader = DataLoader(exp.train_data, batch_sampler=sampler, collate_fn=collate_frames, num_workers=settings.num_workers)
+    # The loader draws its workers' base seed when iteration starts; from its own generator,
+    # so that draw never shifts the global RNG that a resumed run has just restored.
+    loader = DataLoader(
+        exp.train_data, batch_sampler=sampler, collate_fn=collate_frames, num_workers=settings.num_workers,
+        generator=torch.Generator().manual_seed(settings.seed + state.step),
+    )
     accelerator.init_trackers(exp.name)
     history: list[dict] = []
     bar = tqdm(total=settings.steps, initial=state.step, disable=not accelerator.is_local_main_process, desc="train")
@@ -131,7 +136,13 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
             save_checkpoint(accelerator, work_dir, state.step, meta, settings.keep_last)
     bar.close()
     accelerator.end_training()
-    return {"steps": state.step, "history": history, "work_dir": str(work_dir), "num_processes": accelerator.num_processes}
+    return {
+        "steps": state.step,
+        "history": history,
+        "work_dir": str(work_dir),
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+    }
 
 
 def _log(accelerator: Accelerator, settings: TrainSettings, step: int, record: dict, images: dict, scheduler) -> None:

@@ -1,0 +1,144 @@
+"""SelfOcc depth metrics (AbsRel, SqRel, RMSE, RMSE log, delta < 1.25^k), raw and median-scaled.
+
+Source: SelfOcc (huang-yh/SelfOcc) `utils/metric_util.py` (`cal_depth_metric`,
+`DepthMetric`, `compute_depth_errors_torch`), used by `eval_depth.py` and
+`eval_novel_depth.py`.
+
+Protocol, reproduced exactly:
+- metrics are computed per image (one camera of one sample) over its valid LiDAR points,
+  then AVERAGED OVER IMAGES (each image weighs 1, whatever its point count); SelfOcc sums
+  the per-image values and divides by the number of samples, per camera, and reports the
+  mean over cameras, which is the same mean over images when every sample has all cameras;
+- the prediction is clamped to [1e-3, 80] m (the GT is not clamped; the caller's mask
+  selects valid GT points);
+- median scaling: scale = median(gt) / median(pred) of that image, computed BEFORE the
+  clamp, then pred = clamp(scale * pred); torch.median returns the lower of the two middle
+  values for an even count, and so do we (we call torch.median);
+- novel-depth results are binned by ceil(distance between the frames in metres)
+  (`eval_novel_depth.py`: `k = math.ceil(source_distance)`), each bin averaged over its
+  images, the total averaged over all images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+MIN_DEPTH = 1e-3
+MAX_DEPTH = 80.0
+DEPTH_METRIC_NAMES: tuple[str, ...] = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+EVAL_TYPES: tuple[str, ...] = ("raw", "median")
+
+DepthLike = Union[Float[np.ndarray, "P"], Float[Tensor, "P"]]
+
+
+def _as_tensor(x: DepthLike) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+
+
+def depth_metrics(pred: DepthLike, gt: DepthLike, median_scaling: bool = False) -> dict[str, float]:
+    """Depth metrics of one image over its valid points.
+
+    Args:
+        pred: predicted depth (or distance, as long as `gt` is the same) at the points, metres.
+        gt: LiDAR depth at the same points, metres, all > 0 (already masked).
+        median_scaling: multiply pred by median(gt) / median(pred) first.
+
+    Returns:
+        {abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3, scale}; `scale` is 1 for raw.
+
+    Raises:
+        ValueError: shapes differ, no point, or a GT depth <= 0.
+    """
+    p, g = _as_tensor(pred), _as_tensor(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"pred shape {tuple(p.shape)} != gt shape {tuple(g.shape)}")
+    if g.numel() == 0:
+        raise ValueError("no valid depth point in this image")
+    if bool((g <= 0).any()):
+        raise ValueError("gt depths must be > 0 (mask invalid points first)")
+    p = p.to(g.dtype)
+    scale = torch.median(g) / torch.median(p) if median_scaling else torch.ones((), dtype=g.dtype)
+    p = torch.clamp(scale * p if median_scaling else p, MIN_DEPTH, MAX_DEPTH)
+    ratio = torch.maximum(g / p, p / g)
+    diff = g - p
+    values = {
+        "abs_rel": (diff.abs() / g).mean(),
+        "sq_rel": (diff**2 / g).mean(),
+        "rmse": (diff**2).mean() ** 0.5,
+        "rmse_log": ((torch.log(g) - torch.log(p)) ** 2).mean() ** 0.5,
+        "a1": (ratio < 1.25).to(g.dtype).mean(),
+        "a2": (ratio < 1.25**2).to(g.dtype).mean(),
+        "a3": (ratio < 1.25**3).to(g.dtype).mean(),
+        "scale": scale,
+    }
+    return {k: float(v) for k, v in values.items()}
+
+
+def distance_bin(frame_distance_m: float) -> int:
+    """SelfOcc novel-depth bin of a source frame: ceil(distance between the frames, m)."""
+    return int(math.ceil(frame_distance_m))
+
+
+class DepthMetricAccumulator:
+    """Per-image depth metrics averaged over images, raw and median-scaled, optionally
+    binned by frame distance (novel depth). State: per (type, bin) sums and image counts,
+    mergeable across processes with `merge`.
+    """
+
+    def __init__(self, eval_types: tuple[str, ...] = EVAL_TYPES) -> None:
+        for t in eval_types:
+            if t not in EVAL_TYPES:
+                raise ValueError(f"unknown depth eval type {t!r}; use one of {EVAL_TYPES}")
+        self.eval_types = eval_types
+        self.sums: dict[tuple[str, int], np.ndarray] = {}
+        self.counts: dict[tuple[str, int], int] = {}
+
+    def update(self, pred: DepthLike, gt: DepthLike, bin_key: int = 0) -> None:
+        """Add one image (see `depth_metrics`); `bin_key` from `distance_bin` or 0."""
+        for t in self.eval_types:
+            m = depth_metrics(pred, gt, median_scaling=(t == "median"))
+            key = (t, bin_key)
+            row = np.array([m[n] for n in (*DEPTH_METRIC_NAMES, "scale")], dtype=np.float64)
+            self.sums[key] = self.sums.get(key, np.zeros_like(row)) + row
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def merge(self, other: "DepthMetricAccumulator") -> None:
+        """Add another accumulator's sums and counts."""
+        for key, row in other.sums.items():
+            self.sums[key] = self.sums.get(key, np.zeros_like(row)) + row
+            self.counts[key] = self.counts.get(key, 0) + other.counts[key]
+
+    def compute(self) -> dict:
+        """{type: {"all": metrics, "bins": {bin: metrics}}}; each metrics dict also holds
+        `scale` (mean scale) and `num_images`."""
+        names = (*DEPTH_METRIC_NAMES, "scale")
+        result: dict = {}
+        for t in self.eval_types:
+            keys = sorted(k for k in self.sums if k[0] == t)
+            if not keys:
+                continue
+            total = sum(self.sums[k] for k in keys)
+            count = sum(self.counts[k] for k in keys)
+            entry = {"all": dict(zip(names, (total / count).tolist()), num_images=count), "bins": {}}
+            for k in keys:
+                entry["bins"][k[1]] = dict(
+                    zip(names, (self.sums[k] / self.counts[k]).tolist()), num_images=self.counts[k]
+                )
+            result[t] = entry
+        return result
+
+
+__all__ = [
+    "DEPTH_METRIC_NAMES",
+    "DepthMetricAccumulator",
+    "MAX_DEPTH",
+    "MIN_DEPTH",
+    "depth_metrics",
+    "distance_bin",
+]

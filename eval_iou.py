@@ -11,6 +11,16 @@ Predictions-directory mode:
 - RayIoU origins: the LIDAR_TOP positions of all keyframes of the sample's scene, from the
   nuScenes tables in ROOT (nuscenes-devkit), in the current keyframe's ego frame.
 
+Checkpoint mode (voxelize the model's representation for every val sample, then the same):
+
+    python eval_iou.py --py-config CFG --resume-from CKPT --occ3d [--use-mask] [--sem] \
+        [--resolution 0.4] [--save-occ-path DIR] [--gt-dir GT] [--json-out FILE]
+
+- the config's ``val_data`` must be a nuScenes dataset (GT and RayIoU origins come from its
+  ``data_root`` and ``version``); ``--save-occ-path`` writes the predictions in the
+  predictions-directory layout (atomically), so they can be re-scored without the model;
+- without ``--sem`` only the geometric IoU (occupied vs free) is reported.
+
 Runs the same under `accelerate launch --num_processes N`: samples are split by rank
 without padding (no sample counted twice), and the integer metric states are summed.
 """
@@ -267,40 +277,98 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gt-dir", type=Path, help="GT root; default DATA_ROOT/gts")
     parser.add_argument("--use-mask", action="store_true", help="mIoU over mask_camera voxels")
     parser.add_argument("--json-out", type=Path, help="write the results here (atomically)")
-    parser.add_argument("--device", default="cpu", help="torch device for RayIoU marching")
-    parser.add_argument("--backend", default="torch", choices=("torch", "cpp", "cuda"))
-    parser.add_argument("--py-config", help="checkpoint mode: model config")
-    parser.add_argument("--resume-from", help="checkpoint mode: checkpoint")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "cuda"),
+                        help="RayIoU marcher; auto = compiled C++ twin on CPU, PyTorch on CUDA")
+    parser.add_argument("--sem", action="store_true", help="checkpoint mode: evaluate semantics (else geometry only)")
+    parser.add_argument("--resolution", type=float, default=0.4, help="voxel size in metres (Occ3D: 0.4)")
+    parser.add_argument("--save-occ-path", type=Path, help="checkpoint mode: write PRED/{scene}/{token}/labels.npz")
+    from selfsup.training.build import add_model_args
+
+    add_model_args(parser)
+    # In predictions-directory mode --py-config is not needed.
+    for action in parser._actions:
+        if action.dest == "py_config":
+            action.required = False
     return parser.parse_args(argv)
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    if backend != "auto":
+        return backend
+    return "torch" if str(device).startswith("cuda") else "cpp"
+
+
+def checkpoint_samples(args, exp, state, gt_dir: Path) -> tuple[int, Iterator[EvalSample]]:
+    """Predictions of the model for this process's share of the val samples."""
+    data = exp.eval_data
+    if not hasattr(data, "data_root") or not hasattr(data, "version"):
+        raise SystemExit("eval_iou.py --py-config: the config's val_data must be a nuScenes dataset (NuScenesFrames)")
+    origins = NuScenesOrigins(Path(data.data_root), data.version)
+    indices = shard(list(range(len(data))), state.process_index, state.num_processes)
+    gt_keys = ["semantics", "mask_camera"] if args.use_mask else ["semantics"]
+
+    def generate() -> Iterator[EvalSample]:
+        from selfsup.data.frames import collate_frames
+        from selfsup.io import atomic_path
+
+        for i in indices:
+            batch = collate_frames([data[i]]).to(args.device)
+            scene, token = batch.scene_names[0], batch.tokens[0]
+            with torch.no_grad():
+                pred = exp.model.predict_occupancy(batch)[0].cpu().numpy().astype(np.uint8)
+            if args.save_occ_path is not None:
+                with atomic_path(args.save_occ_path / scene / token / "labels.npz") as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez_compressed(f, semantics=pred)
+            if not args.sem:
+                pred = np.where(pred == FREE_LABEL, FREE_LABEL, 0).astype(np.uint8)
+            gt = load_labels(gt_dir / scene / token / "labels.npz", gt_keys, "GT")
+            mask = gt["mask_camera"].astype(bool) if args.use_mask else None
+            yield EvalSample(scene, token, pred, gt["semantics"], mask, origins(token, scene))
+
+    return len(data), generate()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
-    if args.py_config or args.resume_from:
-        raise SystemExit(
-            "eval_iou.py: checkpoint mode (--py-config/--resume-from) is added by the training "
-            "integration; use --pred-dir with saved predictions for now."
-        )
     if not args.occ3d:
         raise SystemExit("eval_iou.py: pass --occ3d (the only supported benchmark)")
-    if args.pred_dir is None or args.data_root is None:
-        raise SystemExit("eval_iou.py: --pred-dir and --data-root are required")
-    gt_dir = args.gt_dir if args.gt_dir is not None else args.data_root / "gts"
+    if abs(args.resolution - 0.4) > 1e-9:
+        raise SystemExit(f"eval_iou.py: --resolution {args.resolution}: Occ3D-nuScenes ground truth is 0.4 m")
+    backend = resolve_backend(args.backend, args.device)
 
     from accelerate import PartialState
 
-    state = PartialState(cpu=args.device == "cpu")
-    all_samples = find_gt_samples(gt_dir)
-    mine = shard(all_samples, state.process_index, state.num_processes)
-    origins = NuScenesOrigins(args.data_root, args.version)
-    samples = iterate_prediction_dir(mine, args.pred_dir, gt_dir, origins, args.use_mask)
-    miou, rayiou = evaluate(samples, device=args.device, backend=args.backend)
+    state = PartialState(cpu=not str(args.device).startswith("cuda"))
+    if args.py_config:
+        from selfsup.training.build import build_for_eval
+
+        exp = build_for_eval(args)
+        root = Path(exp.eval_data.data_root) if hasattr(exp.eval_data, "data_root") else None
+        gt_dir = args.gt_dir if args.gt_dir is not None else (root / "gts" if root else None)
+        if gt_dir is None:
+            raise SystemExit("eval_iou.py: pass --gt-dir (the config's val_data has no data_root)")
+        expected, samples = checkpoint_samples(args, exp, state, gt_dir)
+    else:
+        if args.pred_dir is None or args.data_root is None:
+            raise SystemExit("eval_iou.py: --pred-dir and --data-root are required (or --py-config for a checkpoint)")
+        gt_dir = args.gt_dir if args.gt_dir is not None else args.data_root / "gts"
+        all_samples = find_gt_samples(gt_dir)
+        expected = len(all_samples)
+        mine = shard(all_samples, state.process_index, state.num_processes)
+        origins = NuScenesOrigins(args.data_root, args.version)
+        samples = iterate_prediction_dir(mine, args.pred_dir, gt_dir, origins, args.use_mask)
+    miou, rayiou = evaluate(samples, device=args.device, backend=backend)
     miou, rayiou = all_reduce_states(miou, rayiou)
     result = summarize(miou, rayiou)
-    if result["num_samples"] != len(all_samples):
-        raise RuntimeError(f"evaluated {result['num_samples']} samples, expected {len(all_samples)}")
+    if result["num_samples"] != expected:
+        raise RuntimeError(f"evaluated {result['num_samples']} samples, expected {expected}")
+    result["num_processes"] = state.num_processes
+    if args.py_config and not args.sem:
+        result = {"IoU": result["IoU"], "num_samples": result["num_samples"], "semantic": False,
+                  "num_processes": state.num_processes}
     if state.is_main_process:
-        print(format_table(result))
+        print(format_table(result) if "mIoU" in result else f"IoU {result['IoU']:.2f} ({result['num_samples']} samples)")
         if args.json_out is not None:
             write_json_atomic(result, args.json_out)
     state.wait_for_everyone()
@@ -308,6 +376,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
+    from selfsup.training.launch import relaunch_for_cpu_ddp
+
+    relaunch_for_cpu_ddp()
     try:
         main()
     except (FileNotFoundError, ValueError, KeyError) as err:

@@ -271,6 +271,7 @@ class NuScenesFrames(Dataset):
         if 0 in neighbours:
             raise ValueError(f"neighbours are offsets other than 0 (frame 0 is always the current one), got {neighbours}")
         self.data_root = Path(data_root)
+        self.version = version
         self.cameras = tuple(cameras)
         self.neighbours = tuple(int(n) for n in neighbours)
         self.neighbour_source = neighbour_source

@@ -110,9 +110,17 @@ def _assign(node: Any, name: str, value: Any, key: str) -> None:
     elif isinstance(node, fdl.Buildable):
         if name not in _argument_names(node):
             raise ValueError(f"override: {key!r}: {_name(node)} has no argument {name!r}; known: {_argument_names(node)}")
-        setattr(node, name, value)
+        setattr(node, name, _coerce(node, name, value))
     else:
         raise ValueError(f"override: {key!r}: cannot set a field on a {type(node).__name__}")
+
+
+def _coerce(node: fdl.Buildable, name: str, value: Any) -> Any:
+    """``train.grad_clip=0`` means 0.0 where the argument is annotated ``float``."""
+    annotation = node.__signature_info__.parameters[name].annotation
+    if isinstance(value, int) and not isinstance(value, bool) and annotation in (float, "float", "float | None"):
+        return float(value)
+    return value
 
 
 def _argument_names(node: fdl.Buildable) -> list[str]:

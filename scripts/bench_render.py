@@ -1,0 +1,148 @@
+"""Benchmark Gaussian splatting: throughput of ``render.gaussians.rasterize_gaussians``.
+
+``run(device)`` renders a synthetic driving-like scene (Gaussians scattered around the ego
+car, six outward-looking cameras like nuScenes at 96 x 176) with 16-channel features plus
+depth, and reports per backend and scene size: ms per forward render (no autograd), ms per
+forward + backward (wall clock and process CPU time), Gaussians x pixels per second
+(N x C x H x W / wall time) for both, and peak memory (CUDA: peak
+allocated by torch; CPU: the process's peak resident set, a coarse upper bound).
+
+    python scripts/bench_render.py            # CPU, torch backend
+    python scripts/bench_render.py --device cuda   # gsplat and torch on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from render.gaussians import rasterize_gaussians  # noqa: E402
+
+NUM_CAMERAS = 6
+WIDTH, HEIGHT = 176, 96
+CHANNELS = 16
+
+
+def make_scene(n: int, device: str, seed: int = 0) -> list[torch.Tensor]:
+    """n Gaussians in [-25, 25] x [-25, 25] x [-1, 4] m (ego frame), six cameras at the origin."""
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.tensor([-25.0, -25.0, -1.0])
+    hi = torch.tensor([25.0, 25.0, 4.0])
+    means = lo + (hi - lo) * torch.rand(n, 3, generator=g)
+    quats = torch.randn(n, 4, generator=g)
+    scales = 0.1 + 0.5 * torch.rand(n, 3, generator=g)
+    opacities = 0.05 + 0.9 * torch.rand(n, generator=g)
+    features = torch.randn(n, CHANNELS, generator=g)
+    fov = math.radians(70.0)
+    f = 0.5 * WIDTH / math.tan(0.5 * fov)
+    views, ks = [], []
+    for c in range(NUM_CAMERAS):
+        yaw = 2 * math.pi * c / NUM_CAMERAS
+        # OpenCV axes in the ego frame (x forward, y left, z up): z along the yaw, y down.
+        z_axis = torch.tensor([math.cos(yaw), math.sin(yaw), 0.0])
+        x_axis = torch.tensor([math.sin(yaw), -math.cos(yaw), 0.0])
+        y_axis = torch.tensor([0.0, 0.0, -1.0])
+        t_cam_ego = torch.eye(4)
+        t_cam_ego[:3, :3] = torch.stack([x_axis, y_axis, z_axis])
+        t_cam_ego[:3, 3] = -t_cam_ego[:3, :3] @ torch.tensor([0.0, 0.0, 1.5])
+        views.append(t_cam_ego)
+        ks.append(torch.tensor([[f, 0.0, WIDTH / 2], [0.0, f, HEIGHT / 2], [0.0, 0.0, 1.0]]))
+    tensors = [means, quats, scales, opacities, features, torch.stack(views), torch.stack(ks)]
+    return [t.to(device) for t in tensors]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str, repeats: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds summed over threads) per call, after a warm-up."""
+    fn()  # warm-up (CUDA kernels, allocator)
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - wall) / repeats, (time.process_time() - cpu) / repeats
+
+
+def bench_one(n: int, backend: str, device: str, repeats: int) -> dict:
+    scene = make_scene(n, device)
+    leaves = [t.clone().requires_grad_() for t in scene[:5]]
+    cams = scene[5:]
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    def forward():
+        with torch.no_grad():
+            return rasterize_gaussians(*scene, WIDTH, HEIGHT, backend=backend)
+
+    def forward_backward():
+        out = rasterize_gaussians(*leaves, *cams, WIDTH, HEIGHT, backend=backend)
+        (out.features.square().mean() + out.depth.mean() + out.alpha.mean()).backward()
+
+    out = forward()
+    fwd, fwd_cpu = _time(forward, device, repeats)
+    fwd_bwd, fwd_bwd_cpu = _time(forward_backward, device, repeats)
+    work = n * NUM_CAMERAS * WIDTH * HEIGHT
+    result = dict(
+        backend=backend,
+        device=device,
+        gaussians=n,
+        cameras=NUM_CAMERAS,
+        height=HEIGHT,
+        width=WIDTH,
+        channels=CHANNELS,
+        visible_pairs=int((out.radii > 0).all(-1).sum()),
+        tile_intersections=int(out.gaussians_per_tile.sum()),
+        forward_ms=1e3 * fwd,
+        forward_backward_ms=1e3 * fwd_bwd,
+        forward_cpu_ms=1e3 * fwd_cpu,
+        forward_backward_cpu_ms=1e3 * fwd_bwd_cpu,
+        forward_gaussian_pixels_per_s=work / fwd,
+        forward_backward_gaussian_pixels_per_s=work / fwd_bwd,
+    )
+    if device.startswith("cuda"):
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        # ru_maxrss is in KiB on Linux; the peak of the whole process so far.
+        result["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def run(device: str = "cpu", sizes: tuple[int, ...] = (2000, 10000), repeats: int = 3) -> dict:
+    """Benchmark the torch backend on ``device`` and, on CUDA, gsplat too.
+
+    Returns {"results": [one dict per (backend, size)], "threads": torch threads}.
+    """
+    backends = ["torch"] + (["gsplat"] if device.startswith("cuda") else [])
+    results = [bench_one(n, b, device, repeats) for b in backends for n in sizes]
+    # CPU numbers on a shared machine: compare *_cpu_ms (CPU time) when the load is high.
+    return dict(
+        results=results, threads=torch.get_num_threads(), torch=torch.__version__,
+        load_average_1min=os.getloadavg()[0],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(run(args.device, tuple(args.sizes), args.repeats), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,11 @@
-"""Differentiable renderers: rays, NeuS / density volume rendering (and Gaussian splatting).
+"""Differentiable renderers: rays, NeuS / density volume rendering, Gaussian splatting.
 
 ``render`` knows no dataset and imports nothing from ``selfsup``: it takes rays and a field
 callable and returns typed dataclasses. Dimension letters: R rays, S samples per ray,
 P points, C channels.
 """
 
+from render.gaussians import GaussianRenderOutput, rasterize_gaussians
 from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb
 from render.volume import (
     DensityRenderOutput,
@@ -20,6 +21,8 @@ from render.volume import (
 )
 
 __all__ = [
+    "GaussianRenderOutput",
+    "rasterize_gaussians",
     "Rays",
     "pixel_rays",
     "jittered_pixel_grid",

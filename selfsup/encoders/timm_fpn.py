@@ -62,7 +62,7 @@ class TimmFPN(nn.Module):
         if missing:
             raise RuntimeError(f"TimmFPN: {path!r} lacks {len(missing)} backbone keys, e.g. {missing[:3]}")
 
-    def forward(self, images: Float[Tensor, "B V 3 H W"]) -> list[Float[Tensor, "B V C h w"]]:
+    def forward(self, images: Float[Tensor, "B V 3 H W"]) -> list[Float[Tensor, "B V C _h _w"]]:
         """Features of every camera image, finest level first (strides ``self.strides``).
 
         Args:

@@ -1,0 +1,216 @@
+"""Photometric losses: SSIM, the monodepth2 photometric error, rendered-colour and
+SelfOcc-style multi-view reprojection losses with monodepth2 auto-masking.
+
+Images are RGB in [0, 1]. "Ray grid" images are the colours of a regular (jittered) grid
+of rays per camera reshaped into ``[rows, cols]`` so that SSIM has 2D patches (SelfOcc
+renders a jittered 48 x 100 grid per camera).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+# monodepth2's SSIM constants for images in [0, 1]: C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 1.
+_C1 = 0.01**2
+_C2 = 0.03**2
+# Weight of the SSIM term in the photometric error (monodepth2 eq. 1, SelfOcc).
+SSIM_WEIGHT = 0.85
+
+
+def project_points(
+    points: Float[Tensor, "*b P 3"],
+    K: Float[Tensor, "*b 3 3"],
+    T_ego_cam: Float[Tensor, "*b 4 4"],
+    min_depth: float = 0.1,
+) -> tuple[Float[Tensor, "*b P 2"], Float[Tensor, "*b P"], Bool[Tensor, "*b P"]]:
+    """Project ego-frame points into a pinhole camera.
+
+    Args:
+        points: points in the ego frame ``T_ego_cam`` maps into, metres.
+        K: intrinsics, pixels.
+        T_ego_cam: camera (OpenCV) -> ego.
+        min_depth: points with camera z below this (metres) are "behind" the camera.
+
+    Returns:
+        ``(uv, depth, in_front)``: pixel coordinates (u column, v row; pixel centres at
+        +0.5, the ``render.rays`` convention), camera z in metres, and ``depth > min_depth``.
+        ``uv`` of points behind the camera is meaningless (finite).
+    """
+    R = T_ego_cam[..., :3, :3]
+    t = T_ego_cam[..., :3, 3]
+    # p_cam = R^T (p_ego - t): the inverse of a rigid transform without a matrix inverse.
+    p_cam = (points - t[..., None, :]) @ R
+    depth = p_cam[..., 2]
+    in_front = depth > min_depth
+    pix = p_cam @ K.transpose(-1, -2)
+    uv = pix[..., :2] / depth.clamp_min(min_depth)[..., None]
+    return uv, depth, in_front
+
+
+def sample_image(
+    image: Float[Tensor, "N C H W"], uv: Float[Tensor, "N P 2"]
+) -> tuple[Float[Tensor, "N P C"], Bool[Tensor, "N P"]]:
+    """Bilinearly read an image at continuous pixel coordinates (border padding).
+
+    Args:
+        image: N images.
+        uv: pixel coordinates per image (``render.rays`` convention: centres at +0.5).
+
+    Returns:
+        ``(values, inside)``: the values, and whether ``uv`` lies inside the image.
+    """
+    height, width = image.shape[-2:]
+    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=uv.dtype, device=uv.device)
+    grid = uv * scale - 1.0
+    values = F.grid_sample(image, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False)
+    inside = (grid.abs() <= 1.0).all(dim=-1)
+    return values[..., 0].transpose(1, 2), inside
+
+
+def masked_mean(values: Float[Tensor, "*s"], mask: Bool[Tensor, "*s"] | None = None) -> Float[Tensor, ""]:
+    """Mean of ``values`` where ``mask`` is set (all of them without a mask); 0 if none is.
+
+    The denominator is clamped to 1 element so an empty mask gives 0 with a zero gradient
+    instead of NaN.
+    """
+    if mask is None:
+        return values.mean()
+    if mask.shape != values.shape:
+        raise ValueError(f"masked_mean: mask shape {tuple(mask.shape)} != values shape {tuple(values.shape)}")
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def ssim_dissimilarity(
+    prediction: Float[Tensor, "N C H W"], target: Float[Tensor, "N C H W"]
+) -> Float[Tensor, "N C H W"]:
+    """Per-pixel ``(1 - SSIM) / 2`` in [0, 1] over 3 x 3 windows (reflection padding).
+
+    Args:
+        prediction, target: images in [0, 1].
+
+    Raises:
+        ValueError: if the shapes differ.
+
+    Source: Wang et al. 2004 (SSIM, eq. 13) with monodepth2's 3 x 3 average-pooling window
+    and reflection padding (Godard et al. 2019, ``layers.SSIM``).
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"ssim: prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ")
+    x = F.pad(prediction, (1, 1, 1, 1), mode="reflect")
+    y = F.pad(target, (1, 1, 1, 1), mode="reflect")
+    mu_x = F.avg_pool2d(x, 3, 1)
+    mu_y = F.avg_pool2d(y, 3, 1)
+    sigma_x = F.avg_pool2d(x * x, 3, 1) - mu_x**2
+    sigma_y = F.avg_pool2d(y * y, 3, 1) - mu_y**2
+    sigma_xy = F.avg_pool2d(x * y, 3, 1) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + _C1) * (2 * sigma_xy + _C2)
+    den = (mu_x**2 + mu_y**2 + _C1) * (sigma_x + sigma_y + _C2)
+    return ((1 - num / den) / 2).clamp(0.0, 1.0)
+
+
+def photometric_error(prediction: Float[Tensor, "N 3 H W"], target: Float[Tensor, "N 3 H W"]) -> Float[Tensor, "N H W"]:
+    """Per-pixel photometric error ``pe = 0.85 (1 - SSIM) / 2 + 0.15 |I_pred - I_target|``.
+
+    Both terms are averaged over the colour channels.
+
+    Source: monodepth2 (Godard et al. 2019), eq. 1, alpha = 0.85.
+    """
+    l1 = (prediction - target).abs().mean(dim=1)
+    return SSIM_WEIGHT * ssim_dissimilarity(prediction, target).mean(dim=1) + (1 - SSIM_WEIGHT) * l1
+
+
+def rgb_loss(
+    prediction: Float[Tensor, "N 3 H W"], target: Float[Tensor, "N 3 H W"], mask: Bool[Tensor, "N H W"] | None = None
+) -> Float[Tensor, ""]:
+    """Rendered-colour loss: the masked mean of :func:`photometric_error` on the ray grid.
+
+    Args:
+        prediction: volume-rendered colours of the rays, reshaped to the ray grid.
+        target: image colours at the same rays.
+        mask: pixels that count (e.g. not the ego car).
+
+    Source: SelfOcc (Huang et al. 2024), rendered RGB loss 0.85 SSIM + 0.15 L1, weight 0.1.
+    """
+    return masked_mean(photometric_error(prediction, target), mask)
+
+
+def reprojection_loss(
+    sample_colours: Float[Tensor, "M N S 3 H W"],
+    sample_weights: Float[Tensor, "N S H W"],
+    sample_in_view: Bool[Tensor, "M N S H W"],
+    target: Float[Tensor, "N 3 H W"],
+    identity: Float[Tensor, "M N 3 H W"] | None = None,
+    mask: Bool[Tensor, "N H W"] | None = None,
+    min_in_view: float = 0.5,
+    source_valid: Bool[Tensor, "M N"] | None = None,
+) -> Float[Tensor, ""]:
+    """Multi-view reprojection loss of rendered sample points, minimum over source frames.
+
+    Every sample point ``x_i`` of a ray (volume-rendering weight ``w_i``) is projected into
+    each of the ``M`` source images (neighbouring frames, same camera) and the source colour
+    ``c_i^m`` is read there. With weights normalised by the ray opacity,
+    ``w~_i = w_i / max(sum_j w_j, 1e-6)``, the per-pixel error for source m is
+
+        e_m = 0.85 (1 - SSIM(sum_i w~_i c_i^m, I_t)) / 2 + 0.15 sum_i w~_i |c_i^m - I_t|_1
+
+    (SSIM on the ray grid of the expected warped colour, L1 per sample weighted by w~_i,
+    channel-averaged). Sources where less than ``min_in_view`` of the weight projects inside
+    the source image do not count for that pixel. The pixel loss is ``min_m e_m``
+    (monodepth2's per-pixel minimum). Auto-masking: with the identity errors
+    ``pe(I_m, I_t)`` of the *unwarped* sources, a pixel only counts where
+    ``min_m e_m < min_m pe(I_m, I_t)`` (static pixels, e.g. a car moving with the ego car,
+    are masked). The loss is the mean over counted pixels, 0 if none.
+
+    Args:
+        sample_colours: ``c_i^m`` for source m, camera/image n, sample i, on the ray grid.
+        sample_weights: rendering weights ``w_i`` of the target rays.
+        sample_in_view: the sample projects in front of and inside source image m.
+        target: target colours ``I_t`` at the rays.
+        identity: source images read at the target rays' pixels (no warping), for
+            auto-masking; ``None`` disables auto-masking.
+        mask: pixels that may count at all (``Frames.valid_masks``: not the ego car).
+        min_in_view: minimum in-view weight fraction for a source to count at a pixel.
+        source_valid: sources that exist for each image (a neighbour clamped to the current
+            frame at a sequence end is no source: it would auto-mask every pixel); ``None``
+            = all.
+
+    Raises:
+        ValueError: if the shapes disagree.
+
+    Source: SelfOcc (Huang et al. 2024), Sec. 3.3 reprojection of every sample point into
+    the previous and next frames, 0.15 L1 weighted by w_i + 0.85 SSIM; monodepth2
+    (Godard et al. 2019), eq. 1, per-pixel minimum (Sec. 3.3) and auto-masking (eq. 5).
+    Deliberate difference: the weights are normalised by the opacity so the loss cannot be
+    lowered by making rays transparent.
+    """
+    m, n, s = sample_colours.shape[:3]
+    if sample_weights.shape != (n, s, *target.shape[-2:]) or target.shape[:2] != (n, 3):
+        raise ValueError(
+            f"reprojection_loss: sample_weights {tuple(sample_weights.shape)} / target {tuple(target.shape)} "
+            f"do not fit sample_colours {tuple(sample_colours.shape)}"
+        )
+    w = sample_weights / sample_weights.sum(dim=1, keepdim=True).clamp_min(1e-6)  # [N S H W]
+    w = w[None, :, :, None]  # [1 N S 1 H W]
+    warped = (w * sample_colours).sum(dim=2)  # [M N 3 H W]
+    l1 = (w * (sample_colours - target[None, :, None]).abs()).sum(dim=2).mean(dim=2)  # [M N H W]
+    ssim = ssim_dissimilarity(warped.flatten(0, 1), target.repeat(m, 1, 1, 1)).mean(dim=1).unflatten(0, (m, n))
+    errors = SSIM_WEIGHT * ssim + (1 - SSIM_WEIGHT) * l1  # [M N H W]
+    in_view = (w.squeeze(3) * sample_in_view).sum(dim=2) >= min_in_view  # [M N H W]
+    if source_valid is not None:
+        in_view = in_view & source_valid[:, :, None, None]
+    # A source that sees too little of the ray must never win the minimum.
+    errors = torch.where(in_view, errors, torch.full_like(errors, 1e3))
+    best, _ = errors.min(dim=0)
+    keep = in_view.any(dim=0)
+    if identity is not None:
+        id_err = photometric_error(identity.flatten(0, 1), target.repeat(m, 1, 1, 1)).unflatten(0, (m, n))
+        if source_valid is not None:
+            id_err = torch.where(source_valid[:, :, None, None], id_err, torch.full_like(id_err, float("inf")))
+        keep = keep & (best < id_err.min(dim=0).values)
+    if mask is not None:
+        keep = keep & mask
+    return masked_mean(best, keep)

@@ -1,0 +1,132 @@
+"""TriplaneSDF: TPV lifting on an analytic camera setup, plane sampling, decoding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from jaxtyping import TypeCheckError
+
+from selfsup.grid import VoxelGrid
+from selfsup.representations.triplane_sdf import TPVPlanes, TriplaneSDF
+
+GRID = VoxelGrid((-40.0, -40.0, -1.0), (40.0, 40.0, 5.4), 0.4)
+
+
+def _camera_looking_along(yaw: float, height: float = 1.5) -> torch.Tensor:
+    """T_ego_cam of a camera at (0, 0, height) whose optical axis is horizontal at ``yaw``."""
+    forward = torch.tensor([math.cos(yaw), math.sin(yaw), 0.0])
+    down = torch.tensor([0.0, 0.0, -1.0])
+    right = torch.linalg.cross(down, forward)  # x_cam = y_cam x z_cam
+    T = torch.eye(4)
+    T[:3, 0], T[:3, 1], T[:3, 2] = right, down, forward
+    T[2, 3] = height
+    return T
+
+
+def _two_cameras(fov_deg: float, yaws: tuple[float, float], hw=(32, 48)):
+    h, w = hw
+    f = (w / 2) / math.tan(math.radians(fov_deg) / 2)
+    K = torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]]).expand(1, 2, 3, 3)
+    T = torch.stack([_camera_looking_along(y) for y in yaws])[None]
+    return K, T
+
+
+def _tiny(**kw) -> TriplaneSDF:
+    args = dict(grid=GRID, resolution=(16, 16, 4), feat_channels=3, plane_channels=8, hidden=16, num_classes=17)
+    args.update(kw)
+    return TriplaneSDF(**args)
+
+
+def _cell(value: float, lo: float, hi: float, n: int) -> int:
+    return int((value - lo) / (hi - lo) * n)
+
+
+def test_lifting_gives_each_cell_the_feature_of_the_cameras_that_see_it():
+    rep = _tiny()
+    K, T = _two_cameras(60.0, (0.0, math.pi))  # front and back cameras, no overlap
+    # Constant feature maps: 1 for the front camera, 3 for the back one, on two levels.
+    feats = [torch.stack([torch.full((3, 4, 6), 1.0), torch.full((3, 4, 6), 3.0)])[None],
+             torch.stack([torch.full((3, 2, 3), 1.0), torch.full((3, 2, 3), 3.0)])[None]]
+    cells = rep.lift(feats, (8, 16), K, T, (32, 48))
+    xy = cells["xy"][0, 0]
+    assert xy.shape == (16, 16)
+    ix_front, ix_back, iy0 = _cell(22.0, -40, 40, 16), _cell(-22.0, -40, 40, 16), _cell(1.0, -40, 40, 16)
+    assert xy[ix_front, iy0] == pytest.approx(1.0)
+    assert xy[ix_back, iy0] == pytest.approx(3.0)
+    assert xy[_cell(1.0, -40, 40, 16), _cell(30.0, -40, 40, 16)] == 0  # to the side: unseen
+    assert set(torch.unique(xy).tolist()) <= {0.0, 1.0, 3.0}
+    # Side planes: the yz plane collapses x, so its centre column averages both cameras'
+    # pillar points weighted by how many of them each camera sees.
+    yz = cells["yz"][0, 0]
+    assert ((yz >= 0) & (yz <= 3.0 + 1e-6)).all()
+    assert cells["xz"].shape == (1, 3, 16, 4)
+
+
+def test_lifting_averages_overlapping_cameras():
+    rep = _tiny()
+    K, T = _two_cameras(120.0, (0.0, math.pi / 2))  # front and left, overlapping at 45 degrees
+    feats = [torch.stack([torch.full((3, 4, 6), 1.0), torch.full((3, 4, 6), 3.0)])[None]]
+    xy = rep.lift(feats, (8,), K, T, (32, 48))["xy"][0, 0]
+    assert xy[_cell(20.0, -40, 40, 16), _cell(20.0, -40, 40, 16)] == pytest.approx(2.0)
+    assert xy[_cell(20.0, -40, 40, 16), _cell(-20.0, -40, 40, 16)] == pytest.approx(1.0)
+    assert xy[_cell(-20.0, -40, 40, 16), _cell(20.0, -40, 40, 16)] == pytest.approx(3.0)
+
+
+def test_sample_planes_reads_the_right_axes():
+    rep = _tiny(resolution=(10, 8, 4))
+    centres = [GRID.lower[a] + (GRID.upper[a] - GRID.lower[a]) * (torch.arange(n) + 0.5) / n
+               for a, n in enumerate((10, 8, 4))]
+    C = 8
+    xy = torch.zeros(1, C, 10, 8)
+    xy[0, 0] = centres[0][:, None].expand(10, 8)  # channel 0 = x
+    xy[0, 1] = centres[1][None, :].expand(10, 8)  # channel 1 = y
+    xz = torch.zeros(1, C, 10, 4)
+    xz[0, 2] = centres[2][None, :].expand(10, 4)  # channel 2 = z
+    yz = torch.zeros(1, C, 8, 4)
+    yz[0, 3] = centres[1][:, None].expand(8, 4)  # channel 3 = y again
+    points = torch.tensor([[[3.3, -7.1, 2.2], [-20.0, 15.0, 0.5]]])  # between cell centres
+    feat = rep.sample_planes(TPVPlanes(xy, xz, yz), points)
+    assert torch.allclose(feat[0, :, :4], torch.cat([points[0], points[0, :, 1:2]], dim=-1), atol=1e-4)
+
+
+def test_query_shapes_and_outside_is_empty():
+    rep = _tiny()
+    K, T = _two_cameras(90.0, (0.0, math.pi))
+    feats = [torch.randn(1, 2, 3, 4, 6)]
+    planes = rep.build(feats, (8,), K, T, (32, 48))
+    assert planes.xy.shape == (1, 8, 16, 16) and planes.yz.shape == (1, 8, 16, 4)
+    xyz = torch.tensor([[[1.0, 2.0, 0.5], [60.0, 0.0, 1.0], [0.0, 0.0, 7.0], [0.0, 0.0, -1.5]]])
+    sdf, rgb, logits = rep.query(planes, xyz)
+    assert sdf.shape == (1, 4) and rgb.shape == (1, 4, 3) and logits.shape == (1, 4, 17)
+    assert ((rgb >= 0) & (rgb <= 1)).all()
+    assert (sdf[0, 1:] == rep.outside_sdf).all()
+    bare = _tiny(rgb=False, num_classes=0)
+    sdf, rgb, logits = bare.query(bare.build(feats, (8,), K, T, (32, 48)), xyz)
+    assert sdf.shape == (1, 4) and rgb is None and logits is None
+
+
+def test_sdf_bias_is_ground_plus_cylinder_when_the_decoder_is_silent():
+    rep = _tiny(bias_radius=25.0, ground_z=0.0)
+    with torch.no_grad():
+        rep.decoder[-1].weight.zero_()
+        rep.decoder[-1].bias.zero_()
+    planes = TPVPlanes(torch.randn(1, 8, 16, 16), torch.randn(1, 8, 16, 4), torch.randn(1, 8, 16, 4))
+    xyz = torch.tensor([[[5.0, 0.0, 2.0], [5.0, 0.0, -0.5], [30.0, 0.0, 2.0], [0.0, 20.0, 4.0]]])
+    sdf, _, _ = rep.query(planes, xyz)
+    assert torch.allclose(sdf[0], torch.tensor([2.0, -0.5, -5.0, 4.0]))
+    with pytest.raises((ValueError, TypeCheckError)):
+        _tiny(sdf_bias="sphere")
+
+
+def test_gradients_reach_features_and_planes():
+    rep = _tiny()
+    K, T = _two_cameras(90.0, (0.0, math.pi))
+    feats = [torch.randn(1, 2, 3, 4, 6, requires_grad=True)]
+    planes = rep.build(feats, (8,), K, T, (32, 48))
+    xyz = torch.rand(1, 64, 3) * torch.tensor([60.0, 60.0, 5.0]) - torch.tensor([30.0, 30.0, 0.5])
+    sdf, rgb, logits = rep.query(planes, xyz)
+    (sdf.sum() + rgb.sum() + logits.sum()).backward()
+    assert feats[0].grad.abs().sum() > 0
+    assert rep.embed["xy"].grad.abs().sum() > 0 and rep.project["yz"].weight.grad.abs().sum() > 0

@@ -37,14 +37,14 @@ import math
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Float32, Float64, Int64, Integer, Shaped
 from torch import Tensor
 
-from eval.occ3d import FREE_LABEL, NUM_CLASSES, OCC3D_CLASS_NAMES, to_numpy
+from eval.occ3d import FREE_LABEL, OCC3D_CLASS_NAMES, to_numpy
 
 PC_RANGE_MIN: tuple[float, float, float] = (-40.0, -40.0, -1.0)
 VOXEL_SIZE = 0.4
@@ -394,16 +394,18 @@ class RayHits:
     Attributes:
         label: label of the voxel each ray ends in, one row per grid (e.g. pred, GT).
         dist: distance along the ray in metres (float32) where it leaves that voxel.
+        index: [x, y, z] of that voxel, e.g. to read a per-voxel flow there (OpenOcc).
     """
 
     label: Int64[Tensor, "G N"]
     dist: Float32[Tensor, "G N"]
+    index: Int64[Tensor, "G N 3"]
 
 
-def _check_labels(name: str, labels: Integer[Tensor, "X Y Z"]) -> None:
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > FREE_LABEL):
+def _check_labels(name: str, labels: Integer[Tensor, "X Y Z"], free_label: int) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > free_label):
         raise ValueError(
-            f"{name} labels must lie in 0..{FREE_LABEL}, got {int(labels.min())}..{int(labels.max())}"
+            f"{name} labels must lie in 0..{free_label}, got {int(labels.min())}..{int(labels.max())}"
         )
 
 
@@ -412,29 +414,32 @@ def cast_query_rays(
     origins_ego: Float[Union[np.ndarray, Tensor], "O 3"],
     device: str = "cpu",
     backend: str = "torch",
+    free_label: int = FREE_LABEL,
 ) -> RayHits:
     """March the RayIoU query rays from each origin through one or more label grids.
 
     Args:
-        grids: label grids 0..17 indexed [x, y, z] (200 x 200 x 16), e.g. [pred, gt];
-            they share the rays, so they are marched together.
+        grids: label grids 0..free_label indexed [x, y, z] (200 x 200 x 16), e.g.
+            [pred, gt]; they share the rays, so they are marched together.
         origins_ego: selected LiDAR origins (see `select_origins`), metres, ego frame.
         device: torch device for the marching.
         backend: "torch" (CPU or GPU), "cpp" (compiled CPU twin, cuda/rayiou_dvr_cpu.cpp,
             built on first use) or "cuda" (the kernel in cuda/rayiou_dvr.cu).
+        free_label: the empty-space label (17 in Occ3D, 16 in OpenOcc); every other label
+            is occupied.
 
     Returns:
         RayHits with N = O * 14,040 rays (origin-major, then pitch, then azimuth).
 
     Raises:
-        ValueError: grids of different shapes, labels outside 0..17, no origin.
+        ValueError: grids of different shapes, labels outside 0..free_label, no origin.
     """
     tensors = [torch.as_tensor(to_numpy(g)).to(device=device, dtype=torch.int64) for g in grids]
     shape = tensors[0].shape
     for i, t in enumerate(tensors):
         if t.ndim != 3 or t.shape != shape:
             raise ValueError(f"grid {i} has shape {tuple(t.shape)}, expected {tuple(shape)} (X Y Z)")
-        _check_labels(f"grid {i}", t)
+        _check_labels(f"grid {i}", t, free_label)
     labels = torch.stack(tensors)
     origins = torch.as_tensor(to_numpy(origins_ego), dtype=torch.float64).to(device)
     if origins.ndim != 2 or origins.shape[0] == 0:
@@ -443,13 +448,13 @@ def cast_query_rays(
     origin_vox, end_vox = to_voxel_units(origins, rays)
     num_rays = rays.shape[0]
     origin_per_ray = origin_vox.repeat_interleave(num_rays, dim=0)
-    dist_vox, index = _march(labels != FREE_LABEL, origin_per_ray, end_vox.reshape(-1, 3), backend)
+    dist_vox, index = _march(labels != free_label, origin_per_ray, end_vox.reshape(-1, 3), backend)
     size_y, size_z = shape[1], shape[2]
     flat = index[..., 0] * (size_y * size_z) + index[..., 1] * size_z + index[..., 2]
     label = labels.reshape(labels.shape[0], -1).gather(1, flat)
     # Reference: pred_dist (float32) *= 0.4, i.e. a float32 product with float32(0.4).
     dist_m = dist_vox.to(torch.float32) * torch.tensor(VOXEL_SIZE, dtype=torch.float32, device=device)
-    return RayHits(label=label, dist=dist_m)
+    return RayHits(label=label, dist=dist_m, index=index)
 
 
 class RayIoUMetric:
@@ -458,18 +463,38 @@ class RayIoUMetric:
     State (all int64, mergeable by summing): `gt_count[c]`, `pred_count[c]` over the rays
     whose GT label is not free, and `tp_count[t, c]` for t in {1, 2, 4} m.
 
+    The label set is a parameter: `class_names` lists every label in order, the last one
+    being free (Occ3D: 18 names, free = 17; OpenOcc v2: 17 names, car first, free = 16).
+
     >>> gt = np.full((200, 200, 16), 17, np.uint8); gt[:, :, 0] = 11
     >>> m = RayIoUMetric(); m.update(gt, gt, np.array([[0.0, 0.0, 1.8]]))
     >>> m.compute()["RayIoU"]
     100.0
     """
 
-    def __init__(self, device: str = "cpu", backend: str = "torch") -> None:
+    def __init__(
+        self, device: str = "cpu", backend: str = "torch", class_names: Sequence[str] = OCC3D_CLASS_NAMES
+    ) -> None:
+        """Create an empty accumulator.
+
+        Args:
+            device: torch device for the marching.
+            backend: marcher, see `cast_query_rays`.
+            class_names: name of every label in label order; the last one is free.
+
+        Raises:
+            ValueError: fewer than two class names.
+        """
+        if len(class_names) < 2:
+            raise ValueError(f"need at least one class and free, got class_names={list(class_names)}")
         self.device = device
         self.backend = backend
-        self.gt_count = np.zeros(NUM_CLASSES, dtype=np.int64)
-        self.pred_count = np.zeros(NUM_CLASSES, dtype=np.int64)
-        self.tp_count = np.zeros((len(THRESHOLDS_M), NUM_CLASSES), dtype=np.int64)
+        self.class_names = tuple(class_names)
+        self.num_classes = len(self.class_names)
+        self.free_label = self.num_classes - 1
+        self.gt_count = np.zeros(self.num_classes, dtype=np.int64)
+        self.pred_count = np.zeros(self.num_classes, dtype=np.int64)
+        self.tp_count = np.zeros((len(THRESHOLDS_M), self.num_classes), dtype=np.int64)
         self.num_samples = 0
 
     def update(
@@ -483,7 +508,9 @@ class RayIoUMetric:
         Raises:
             ValueError: see `cast_query_rays`.
         """
-        hits = cast_query_rays([pred, gt], origins_ego, device=self.device, backend=self.backend)
+        hits = cast_query_rays(
+            [pred, gt], origins_ego, device=self.device, backend=self.backend, free_label=self.free_label
+        )
         self.add_hits(hits.label[0], hits.dist[0], hits.label[1], hits.dist[1])
 
     def add_hits(
@@ -494,20 +521,21 @@ class RayIoUMetric:
         gt_dist: Float32[Tensor, "N"],
     ) -> None:
         """Count one sample's marched rays (drops rays whose GT label is free)."""
+        num_classes = self.num_classes
         gl_all = gt_label.cpu().numpy()
-        valid = gl_all != FREE_LABEL
+        valid = gl_all != self.free_label
         gl = gl_all[valid]
         pl = pred_label.cpu().numpy()[valid]
         # float32 difference, compared with the integer thresholds, as the reference does.
         error = np.abs(pred_dist.cpu().numpy()[valid] - gt_dist.cpu().numpy()[valid])
-        self.gt_count += np.bincount(gl, minlength=NUM_CLASSES)[:NUM_CLASSES]
-        self.pred_count += np.bincount(pl, minlength=NUM_CLASSES)[:NUM_CLASSES]
+        self.gt_count += np.bincount(gl, minlength=num_classes)[:num_classes]
+        self.pred_count += np.bincount(pl, minlength=num_classes)[:num_classes]
         # One pass for all thresholds: level = how many thresholds a same-label ray meets.
         same = pl == gl
         level = sum((error[same] < t).astype(np.int64) for t in THRESHOLDS_M)
         num_t = len(THRESHOLDS_M)
-        counts = np.bincount(gl[same] * (num_t + 1) + level, minlength=NUM_CLASSES * (num_t + 1))
-        counts = counts.reshape(NUM_CLASSES, num_t + 1)
+        counts = np.bincount(gl[same] * (num_t + 1) + level, minlength=num_classes * (num_t + 1))
+        counts = counts.reshape(num_classes, num_t + 1)
         # TP at threshold j = rays meeting at least (num_t - j) thresholds (sorted ascending).
         at_least = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
         for j in range(num_t):
@@ -515,44 +543,55 @@ class RayIoUMetric:
         self.num_samples += 1
 
     def merge(self, other: "RayIoUMetric") -> None:
-        """Add another accumulator's counts (e.g. from another process)."""
+        """Add another accumulator's counts (e.g. from another process).
+
+        Raises:
+            ValueError: the other accumulator uses another label set.
+        """
+        if other.class_names != self.class_names:
+            raise ValueError("cannot merge RayIoU accumulators with different class_names")
         self.gt_count += other.gt_count
         self.pred_count += other.pred_count
         self.tp_count += other.tp_count
         self.num_samples += other.num_samples
 
     def state_vector(self) -> Int64[np.ndarray, "S"]:
-        """The whole state as one int64 vector: gt, pred, tp (3 x 18), sample count."""
+        """The whole state as one int64 vector: gt, pred, tp (3 x K), sample count."""
         return np.concatenate(
             [self.gt_count, self.pred_count, self.tp_count.reshape(-1), [self.num_samples]]
         ).astype(np.int64)
 
     @classmethod
     def from_state_vector(
-        cls, state: Int64[np.ndarray, "S"], device: str = "cpu", backend: str = "torch"
+        cls,
+        state: Int64[np.ndarray, "S"],
+        device: str = "cpu",
+        backend: str = "torch",
+        class_names: Sequence[str] = OCC3D_CLASS_NAMES,
     ) -> "RayIoUMetric":
         """Rebuild an accumulator from a (summed) `state_vector`.
 
         Raises:
             ValueError: the vector has the wrong length.
         """
-        size = NUM_CLASSES * (2 + len(THRESHOLDS_M)) + 1
+        metric = cls(device=device, backend=backend, class_names=class_names)
+        k = metric.num_classes
+        size = k * (2 + len(THRESHOLDS_M)) + 1
         if state.shape != (size,):
-            raise ValueError(f"RayIoU state must have {size} entries, got {state.shape}")
-        metric = cls(device=device, backend=backend)
-        metric.gt_count = state[:NUM_CLASSES].copy()
-        metric.pred_count = state[NUM_CLASSES : 2 * NUM_CLASSES].copy()
-        metric.tp_count = state[2 * NUM_CLASSES : -1].reshape(len(THRESHOLDS_M), NUM_CLASSES).copy()
+            raise ValueError(f"RayIoU state for {k} classes must have {size} entries, got {state.shape}")
+        metric.gt_count = state[:k].astype(np.int64)
+        metric.pred_count = state[k : 2 * k].astype(np.int64)
+        metric.tp_count = state[2 * k : -1].reshape(len(THRESHOLDS_M), k).astype(np.int64)
         metric.num_samples = int(state[-1])
         return metric
 
-    def iou_table(self) -> Float64[np.ndarray, "3 17"]:
-        """IoU per threshold (rows 1, 2, 4 m) and non-free class, NaN where 0 / 0."""
+    def iou_table(self) -> Float64[np.ndarray, "3 C"]:
+        """IoU per threshold (rows 1, 2, 4 m) and non-free class (C = K - 1), NaN where 0 / 0."""
         gt = self.gt_count.astype(np.float64)
         pred = self.pred_count.astype(np.float64)
         tp = self.tp_count.astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return (tp / (gt + pred - tp))[:, :FREE_LABEL]
+            return (tp / (gt + pred - tp))[:, : self.free_label]
 
     def compute(self) -> dict:
         """Return `RayIoU`, `RayIoU@1`, `RayIoU@2`, `RayIoU@4` (fractions in 0..1, as the
@@ -564,7 +603,7 @@ class RayIoUMetric:
             for j, threshold in enumerate(THRESHOLDS_M):
                 result[f"RayIoU@{threshold}"] = float(np.nanmean(table[j]))
         result["RayIoU_per_class"] = {
-            OCC3D_CLASS_NAMES[c]: [float(v) for v in table[:, c]] for c in range(FREE_LABEL)
+            self.class_names[c]: [float(v) for v in table[:, c]] for c in range(self.free_label)
         }
         result["num_samples"] = self.num_samples
         return result

@@ -21,6 +21,9 @@ import torch
 from jaxtyping import Bool, Float, Float64, Int
 from torch import Tensor
 
+SEMANTIC_UNLABELLED = 255  # value of ``Frames.semantic_maps`` at unlabelled pixels
+OPTIONAL_MAPS = ("depth_maps", "semantic_maps")  # per-pixel pseudo labels a dataset may add
+
 
 @dataclass
 class Frames:
@@ -39,6 +42,12 @@ class Frames:
             batch (the point counts differ, so they are not stacked).
         valid_masks: ``True`` where a pixel shows the scene (not the ego car body),
             ``[*B, V, H, W]``.
+        depth_maps: optional dense pseudo depth (camera z, metres; 0 = unknown) of every
+            frame and camera at the image size, ``[*B, T, V, H, W]``, e.g. Metric3D maps
+            (GaussianFlowOcc); None when the dataset provides none.
+        semantic_maps: optional per-pixel Occ3D class (0-16; 255 = unlabelled) of every
+            frame and camera at the image size, int16 ``[*B, T, V, H, W]``, e.g.
+            Grounded-SAM pseudo labels (GaussianFlowOcc); None when the dataset provides none.
         tokens: sample token (nuScenes) or sample id (DDAD); ``str`` or list over B.
         scene_names: scene name; ``str`` or list over B.
         camera_names: names of the V cameras, same for every sample.
@@ -51,6 +60,8 @@ class Frames:
     timestamps: Float64[Tensor, "*b T"]
     frame_offsets: Int[Tensor, "*b T"]
     valid_masks: Bool[Tensor, "*b V H W"]
+    depth_maps: Float[Tensor, "*b T V H W"] | None = None
+    semantic_maps: Int[Tensor, "*b T V H W"] | None = None
     points_ego: list = field(default_factory=list)
     tokens: Any = ""
     scene_names: Any = ""
@@ -85,8 +96,12 @@ class Frames:
 def collate_frames(samples: list[Frames]) -> Frames:
     """Stack unbatched :class:`Frames` into a batch (DataLoader ``collate_fn``).
 
+    The optional ``depth_maps`` / ``semantic_maps`` are stacked when every sample has
+    them and stay None when none has.
+
     Raises:
-        ValueError: if the samples disagree on image size, frame count or cameras.
+        ValueError: if the samples disagree on image size, frame count or cameras, or
+            some samples have an optional map and others do not.
     """
     if not samples:
         raise ValueError("collate_frames: got an empty list of samples")
@@ -99,6 +114,13 @@ def collate_frames(samples: list[Frames]) -> Frames:
             )
         if tuple(s.camera_names) != tuple(first.camera_names):
             raise ValueError(f"collate_frames: camera lists differ: {s.camera_names} vs {first.camera_names}")
+    for name in OPTIONAL_MAPS:
+        missing = [s.tokens for s in samples if getattr(s, name) is None]
+        if missing and len(missing) != len(samples):
+            raise ValueError(
+                f"collate_frames: {name} is None for samples {missing} but present for others; "
+                "a batch needs it in every sample or in none"
+            )
     stacked = {
         f.name: torch.stack([getattr(s, f.name) for s in samples])
         for f in fields(Frames)

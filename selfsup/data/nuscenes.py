@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from selfsup.data.frames import Frames
+from selfsup.data.frames import SEMANTIC_UNLABELLED, Frames
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
 
 NUSCENES_CAMERAS: tuple[str, ...] = (
@@ -38,6 +39,19 @@ LIDAR = "LIDAR_TOP"
 DEVKIT_TABLES: tuple[str, ...] = (
     "category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
     "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map",
+)
+# GaussianFlowOcc's pseudo labels: one file {dir}/{scene_name}/{sample_token}.npy per keyframe,
+# np.save of all six cameras at the original 900 x 1600, in two different camera orders.
+# Depth: Metric3D ViT-L, float16 camera z in metres (clamped to [0, 300]), cameras in this
+# order (tools/generate_m3d_nusc.py, `cams`).
+PSEUDO_DEPTH_CAMERAS: tuple[str, ...] = NUSCENES_CAMERAS
+# Semantics: Grounded-SAM, int8, cameras in this order (groundedsam/generate_grounded_sam.py,
+# `camera_names`; the loader's `save_order`). Values 1-16 are already Occ3D classes (the
+# prompt groups are mapped through its `nusc_v2_to_v1` table, e.g. car -> 4, barrier -> 1);
+# 0 is sky / nothing detected and -1 an image without any detection: both unlabelled here.
+# Occ3D class 0 ('others') never occurs.
+PSEUDO_SEMANTIC_CAMERAS: tuple[str, ...] = (
+    "CAM_FRONT", "CAM_FRONT_LEFT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT", "CAM_FRONT_RIGHT",
 )
 INDEX_FORMAT = 1
 SPLITS = ("train", "val", "test", "mini_train", "mini_val", "all")
@@ -243,11 +257,25 @@ class NuScenesFrames(Dataset):
         ego_mask_dir: folder with ``<CAMERA>_mask.png`` (255 = scene); ``None`` marks
             every pixel valid.
         allow_missing_neighbours: see above.
+        pseudo_depth_dir: folder of GaussianFlowOcc's Metric3D depth files
+            (``{scene_name}/{sample_token}.npy``, float16 ``[6, 900, 1600]``, metres); fills
+            ``Frames.depth_maps`` for every frame. None: no depth maps.
+        pseudo_semantic_dir: folder of GaussianFlowOcc's Grounded-SAM label files (same
+            layout, int8); fills ``Frames.semantic_maps`` (Occ3D classes, 255 =
+            unlabelled). None: no semantic maps.
+
+    Pseudo maps are resized and cropped exactly like the images (same
+    :class:`~selfsup.data.image.ResizeCrop`) with *nearest* sampling at pixel centres, for
+    depth too, so every value is one Metric3D predicted (GaussianFlowOcc resizes depth
+    bilinearly, which blends foreground and background depths at object edges). The files
+    exist per keyframe only, so they need ``neighbour_source="keyframes"``.
 
     Raises:
-        FileNotFoundError: missing data root, table, infos file, image, point cloud or mask.
+        FileNotFoundError: missing data root, table, infos file, image, point cloud, mask
+            or pseudo-label file.
         KeyError: unknown token in the tables.
-        ValueError: bad split, camera, neighbour source or image size.
+        ValueError: bad split, camera, neighbour source or image size; pseudo labels with
+            ``neighbour_source="sweeps"``; a pseudo-label file of the wrong shape or dtype.
     """
 
     def __init__(
@@ -265,9 +293,13 @@ class NuScenesFrames(Dataset):
         infos_path: str | None = None,
         ego_mask_dir: str | None = None,
         allow_missing_neighbours: bool = True,
+        pseudo_depth_dir: str | None = None,
+        pseudo_semantic_dir: str | None = None,
     ) -> None:
         if neighbour_source not in ("keyframes", "sweeps"):
             raise ValueError(f"neighbour_source must be 'keyframes' or 'sweeps', got {neighbour_source!r}")
+        if neighbour_source == "sweeps" and (pseudo_depth_dir or pseudo_semantic_dir):
+            raise ValueError("pseudo depth / semantic files exist per keyframe only; use neighbour_source='keyframes'")
         if 0 in neighbours:
             raise ValueError(f"neighbours are offsets other than 0 (frame 0 is always the current one), got {neighbours}")
         self.data_root = Path(data_root)
@@ -278,6 +310,8 @@ class NuScenesFrames(Dataset):
         self.load_lidar = load_lidar
         self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
         self.allow_missing_neighbours = allow_missing_neighbours
+        self.pseudo_depth_dir = None if pseudo_depth_dir is None else Path(pseudo_depth_dir)
+        self.pseudo_semantic_dir = None if pseudo_semantic_dir is None else Path(pseudo_semantic_dir)
         if infos_path is not None:
             self.index = load_index(infos_path, version=version, split=split)
         else:
@@ -347,7 +381,8 @@ class NuScenesFrames(Dataset):
         if self.neighbour_source == "keyframes" or offset == 0:
             target, used = self._walk_sample(sample, offset) if offset else (sample, 0)
             lidar = target["data"][LIDAR]
-            return dict(offset=used, ref=lidar, cams=[target["data"][c] for c in self.cameras], lidar=lidar)
+            return dict(offset=used, ref=lidar, cams=[target["data"][c] for c in self.cameras], lidar=lidar,
+                        sample=target["token"])
         chains = [self._walk_sd(sample["data"][c], offset) for c in self.cameras]
         steps = min(len(ch) for ch in chains) - 1
         cams = [ch[steps] for ch in chains]
@@ -357,7 +392,7 @@ class NuScenesFrames(Dataset):
         ref_time = self.sample_data[cams[0]]["timestamp"]
         lidar = min(self.index["scene_lidar"][sample["scene_name"]],
                     key=lambda t: abs(self.sample_data[t]["timestamp"] - ref_time))
-        return dict(offset=used, ref=cams[0], cams=cams, lidar=lidar)
+        return dict(offset=used, ref=cams[0], cams=cams, lidar=lidar, sample=None)
 
     # -- loading -----------------------------------------------------------------------
     def _points(self, sd: dict, T_ego_global: np.ndarray) -> np.ndarray:
@@ -370,6 +405,40 @@ class NuScenesFrames(Dataset):
         xyz = raw.reshape(-1, 5)[:, :3].astype(np.float64)
         T = T_ego_global @ sd["T_global_ego"] @ sd["T_ego_sensor"]
         return xyz @ T[:3, :3].T + T[:3, 3]
+
+    def _pseudo_file(self, folder: Path, kind: str, scene_name: str, token: str, cameras: tuple[str, ...]) -> np.ndarray:
+        """The ``[V, H, W]`` rows of ``self.cameras`` of one keyframe's pseudo-label file.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: unreadable file, wrong shape or dtype.
+        """
+        path = folder / scene_name / f"{token}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"pseudo {kind} file {path} of sample {token} does not exist")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"pseudo {kind} file {path} is not a readable .npy array: {e}") from None
+        expected = (len(cameras), *self.transform.src_hw)
+        if arr.shape != expected:
+            raise ValueError(f"pseudo {kind} file {path} has shape {arr.shape}, expected {expected} (cameras {cameras})")
+        want = np.floating if kind == "depth" else np.integer
+        if not np.issubdtype(arr.dtype, want):
+            raise ValueError(f"pseudo {kind} file {path} has dtype {arr.dtype}, expected {want.__name__}")
+        return arr[[cameras.index(c) for c in self.cameras]]
+
+    def _pseudo_depth(self, scene_name: str, token: str) -> np.ndarray:
+        """float32 ``[V, h, w]`` metres (0 = unknown) at the output image size."""
+        raw = self._pseudo_file(self.pseudo_depth_dir, "depth", scene_name, token, PSEUDO_DEPTH_CAMERAS)
+        raw = np.nan_to_num(raw.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+        return np.stack([np.asarray(self.transform.mask(Image.fromarray(d))) for d in raw])
+
+    def _pseudo_semantics(self, scene_name: str, token: str) -> np.ndarray:
+        """int16 ``[V, h, w]`` Occ3D classes (255 = unlabelled) at the output image size."""
+        raw = self._pseudo_file(self.pseudo_semantic_dir, "semantic", scene_name, token, PSEUDO_SEMANTIC_CAMERAS)
+        labels = np.where((raw >= 1) & (raw <= 16), raw, SEMANTIC_UNLABELLED).astype(np.uint8)
+        return np.stack([np.asarray(self.transform.mask(Image.fromarray(m))) for m in labels]).astype(np.int16)
 
     def __getitem__(self, i: int) -> Frames:
         sample = self.samples[i]
@@ -398,6 +467,13 @@ class NuScenesFrames(Dataset):
         else:
             masks = torch.from_numpy(np.stack([
                 load_valid_mask(self.ego_mask_dir / f"{cam}_mask.png", self.transform) for cam in self.cameras]))
+        depth_maps = semantic_maps = None
+        if self.pseudo_depth_dir is not None:
+            depth_maps = torch.from_numpy(np.stack([self._pseudo_depth(sample["scene_name"], fr["sample"]) for fr in frames]))
+        if self.pseudo_semantic_dir is not None:
+            semantic_maps = torch.from_numpy(
+                np.stack([self._pseudo_semantics(sample["scene_name"], fr["sample"]) for fr in frames])
+            )
         return Frames(
             images=torch.from_numpy(np.stack(images)),
             K=torch.from_numpy(np.stack(Ks).astype(np.float32)),
@@ -406,6 +482,8 @@ class NuScenesFrames(Dataset):
             timestamps=torch.tensor(stamps, dtype=torch.float64),
             frame_offsets=torch.tensor([fr["offset"] for fr in frames], dtype=torch.int64),
             valid_masks=masks,
+            depth_maps=depth_maps,
+            semantic_maps=semantic_maps,
             points_ego=points,
             tokens=sample["token"],
             scene_names=sample["scene_name"],

@@ -285,3 +285,21 @@ def test_compiled_cpu_kernel_equals_torch():
     d_t, i_t = march_first_hit(occupied, o, e)
     d_c, i_c = rayiou_dvr_march_cpu(occupied, o, e)
     assert torch.equal(d_t, d_c) and torch.equal(i_t, i_c)
+
+
+def test_metric_with_openocc_label_order():
+    from eval.openocc import OPENOCC_CLASS_NAMES
+
+    grid = np.full((200, 200, 16), 16, np.uint8)  # OpenOcc free = 16
+    grid[:, :, 0] = 10  # driveable_surface in the OpenOcc order
+    m = RayIoUMetric(class_names=OPENOCC_CLASS_NAMES)
+    m.update(grid, grid, np.array([[0.9, 0.0, 1.84]]))
+    r = m.compute()
+    assert r["RayIoU"] == 1.0 and list(r["RayIoU_per_class"])[0] == "car"
+    assert len(r["RayIoU_per_class"]) == 16 and m.gt_count[10] > 0
+    back = RayIoUMetric.from_state_vector(m.state_vector(), class_names=OPENOCC_CLASS_NAMES)
+    assert np.array_equal(back.state_vector(), m.state_vector())
+    with pytest.raises(ValueError, match="class_names"):
+        RayIoUMetric().merge(m)
+    with pytest.raises(ValueError, match="entries"):
+        RayIoUMetric.from_state_vector(m.state_vector())

@@ -31,7 +31,10 @@ class Frames:
 
     Attributes:
         images: RGB in [0, 1], ``[*B, T, V, 3, H, W]``.
-        K: pixel intrinsics of the (resized / cropped) images, ``[*B, T, V, 3, 3]``.
+        K: pixel intrinsics of the (resized / cropped) images, ``[*B, T, V, 3, 3]``, in
+            continuous pixel coordinates: pixel (i, j) covers [j, j + 1) x [i, i + 1), centre
+            (j + 0.5, i + 0.5), as in ``render``, gsplat and ``grid_sample(align_corners=False)``
+            (calibration files put centres at integers; the datasets convert).
         T_ego_cam: camera (OpenCV) -> reference ego frame of frame t, ``[*B, T, V, 4, 4]``.
         T_global_ego: ego frame of frame t -> global, ``[*B, T, 4, 4]``.
         timestamps: reference time of each frame in seconds (float64), ``[*B, T]``.

@@ -1,11 +1,13 @@
 """Image resize + crop that keeps pinhole intrinsics exact; shared by the datasets.
 
-Pixel convention: integer pixel coordinates are pixel centres (nuScenes, DGP and OpenCV
-intrinsics use it), so the image spans [-0.5, W - 0.5]. PIL's resize maps image edges to
-image edges, hence a resize by ``s`` maps ``u -> s (u + 0.5) - 0.5``; a crop that drops
-``left`` columns then subtracts ``left``. :meth:`ResizeCrop.intrinsics` applies exactly that,
-so ``fx' = s fx`` and ``cx' = s (cx + 0.5) - 0.5 - left`` (most codebases drop the half
-pixel terms, an error of ``(s - 1) / 2`` px).
+Pixel convention of every ``K`` the datasets yield (and of ``render``, gsplat and
+``grid_sample(align_corners=False)``): continuous image coordinates in which pixel (i, j)
+covers [j, j + 1) x [i, i + 1), so its centre is (j + 0.5, i + 0.5) and the image spans
+[0, W] x [0, H]. The calibrations of nuScenes, DGP and OpenCV put pixel centres at integer
+coordinates instead, so :meth:`ResizeCrop.intrinsics` first adds half a pixel to the
+principal point. In the continuous convention PIL's resize by ``s`` maps ``u -> s u`` and a
+crop subtracts ``left`` / ``top``, so ``fx' = s fx`` and ``cx' = s (cx_calib + 0.5) - left``
+(codebases that drop the half-pixel terms are off by up to ``s / 2`` px).
 """
 
 from __future__ import annotations
@@ -100,12 +102,11 @@ class ResizeCrop:
         return self._apply(mask, Image.NEAREST)
 
     def intrinsics(self, K: np.ndarray) -> np.ndarray:
-        """Pixel intrinsics ``[3, 3]`` of the source image -> those of the output image."""
+        """Calibration intrinsics ``[3, 3]`` of the source image (pixel centres at integers)
+        -> intrinsics of the output image in the continuous convention (centres at +0.5)."""
         sy = self.resized_hw[0] / self.src_hw[0]
         sx = self.resized_hw[1] / self.src_hw[1]
-        A = np.array(
-            [[sx, 0.0, 0.5 * sx - 0.5 - self.left], [0.0, sy, 0.5 * sy - 0.5 - self.top], [0.0, 0.0, 1.0]]
-        )
+        A = np.array([[sx, 0.0, 0.5 * sx - self.left], [0.0, sy, 0.5 * sy - self.top], [0.0, 0.0, 1.0]])
         return A @ np.asarray(K, dtype=np.float64)
 
 

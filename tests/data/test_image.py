@@ -32,17 +32,19 @@ def test_intrinsics_follow_the_resampled_pixels():
         X = np.array([rng.uniform(-3, 3), rng.uniform(-1, 2), rng.uniform(5, 30)])
         u, v, _ = K @ X / X[2]
         u2, v2, _ = K2 @ X / X[2]
-        i, j = int(round(v2)), int(round(u2))
+        # K' is in the continuous convention: pixel j spans [j, j + 1), centre j + 0.5.
+        i, j = int(np.floor(v2)), int(np.floor(u2))
         if not (2 <= i < 198 and 2 <= j < 318):
             continue
         # The ramp is linear, so its value at the rounded pixel plus the sub-pixel slope is u.
-        assert cols[i, j] + (u2 - j) * 4 == pytest.approx(u, abs=0.05)
-        assert rows[i, j] + (v2 - i) * 4 == pytest.approx(v, abs=0.05)
+        assert cols[i, j] + (u2 - j - 0.5) * 4 == pytest.approx(u, abs=0.05)
+        assert rows[i, j] + (v2 - i - 0.5) * 4 == pytest.approx(v, abs=0.05)
 
 
 def test_identity_and_errors():
     t = ResizeCrop.plan((900, 1600))
-    assert t.is_identity and np.allclose(t.intrinsics(np.eye(3)), np.eye(3))
+    # no resize: only the half-pixel shift from calibration (integer centres) to continuous coordinates
+    assert t.is_identity and np.allclose(t.intrinsics(np.eye(3)), [[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
     with pytest.raises(ValueError, match="smaller than image_hw"):
         ResizeCrop.plan((900, 1600), (500, 704), resize_scale=0.44)
     with pytest.raises(ValueError, match="crop_top"):

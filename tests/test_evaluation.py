@@ -38,3 +38,29 @@ def test_bev_and_depth_images():
     assert img[1:, :].sum() == 0
     depth = colorize_depth(np.array([[0.0, 10.0]]))
     assert (depth[0, 0] == 0).all() and depth[0, 1].sum() > 0
+
+
+def test_depth_and_novel_depth_scripts_on_the_bundled_scene(tmp_path):
+    """eval_depth.py and eval_novel_depth.py on the untrained tiny SDF model (real DDAD data)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    import eval_depth
+    import eval_novel_depth
+
+    tiny = ["--set", "train_data.dataset.image_hw=(48,88)", "model.encoder.out_channels=16",
+            "model.representation.resolution=(24,24,4)", "model.representation.feat_channels=16",
+            "model.representation.plane_channels=8", "model.representation.hidden=16",
+            "model.renderer.num_samples=8", "eval.depth_hw=(24,44)"]
+    common = ["--py-config", str(repo / "config/sdf_ddad_tiny.py"), *tiny, "--init"]
+    out = eval_depth.main([*common, "--constant-baseline", "--json-out", str(tmp_path / "d.json")])
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert saved["num_samples"] == 1 and len(saved["model"]["per_camera"]) == 6
+    assert out["model"]["overall"]["median"]["all"]["num_images"] == 6
+    assert 0 < out["model"]["overall"]["raw"]["all"]["abs_rel"] < 10
+    novel = eval_novel_depth.main([*common, "--json-out", str(tmp_path / "n.json")])
+    # the previous and next frames are 1.0 s away; the car moves ~1.3 m: one bin of 12 images
+    assert list(novel["raw"]["bins"]) == [2] and novel["raw"]["all"]["num_images"] == 12

@@ -4,8 +4,8 @@
     python scripts/benchmark.py render [--device cpu|cuda] [--json-out FILE]
     python scripts/benchmark.py all    [--json-out FILE]   # every benchmark on every device here
 
-eval: ms per sample of Occ3D mIoU and RayIoU on a realistic 200x200x16 case
-(scripts/bench_eval.py); render: Gaussians x pixels per second of the Gaussian rasterizer
+eval: ms per sample of Occ3D mIoU and RayIoU on a realistic 200x200x16 case, for each
+RayIoU marcher (PyTorch and C++ on CPU, PyTorch and CUDA on GPU) (scripts/bench_eval.py); render: Gaussians x pixels per second of the Gaussian rasterizer
 (scripts/bench_render.py).
 """
 
@@ -26,7 +26,13 @@ import bench_render  # noqa: E402
 
 from selfsup.io import atomic_write_text  # noqa: E402
 
-BENCHMARKS = {"eval": bench_eval.run, "render": bench_render.run}
+def eval_all_backends(device: str) -> dict:
+    """mIoU / RayIoU ms per sample with every RayIoU marcher that runs on ``device``."""
+    backends = ("torch", "cpp") if device == "cpu" else ("torch", "cuda")
+    return {backend: bench_eval.run(device=device, backend=backend) for backend in backends}
+
+
+BENCHMARKS = {"eval": eval_all_backends, "render": bench_render.run}
 
 
 def machine() -> dict:

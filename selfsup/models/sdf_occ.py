@@ -184,9 +184,9 @@ class SDFOcc(OccupancyModel):
         Renders a ``rays_hw`` ray grid (jittered in training mode) per camera. Terms (all
         unweighted in ``ModelOutput.terms``): "photometric" (reprojection into frames
         t >= 1, if any), "rgb" (if the representation has colour), "eikonal", "hessian",
-        "depth" (``depth_source="lidar"``), "semantic" (only when the batch carries an
-        attribute ``semantic_labels``, int ``[B, V, H, W]`` of the current images with 255 =
-        unlabelled; the ``Frames`` contract has no such field yet); logged extras:
+        "depth" (``depth_source="lidar"``), "semantic" (only when the batch carries
+        ``Frames.semantic_maps``, pseudo labels of the current frame's images with 255 =
+        unlabelled); logged extras:
         "depth_mean" (metres), "opacity_mean", "inv_s". Image "depth_front": rendered depth
         of camera 0 of the first sample on the ray grid, divided by ``far``.
 
@@ -253,7 +253,7 @@ class SDFOcc(OccupancyModel):
                 ]
             ).flatten(0, 1)
             terms["depth"] = depth_l1_loss(depth, lidar, valid)
-        labels = getattr(batch, "semantic_labels", None)
+        labels = batch.semantic_maps[:, 0] if batch.semantic_maps is not None else None
         if labels is not None and rep.num_classes:
             logits = features[..., 3 * rep.rgb :].reshape(N * rows * cols, -1)
             lab = _read_nearest(labels.flatten(0, 1), uv).reshape(-1).long()

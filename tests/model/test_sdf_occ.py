@@ -113,9 +113,10 @@ def test_render_depth_of_the_ground_plane(batch):
 def test_semantic_term_uses_labels_when_the_batch_has_them(batch):
     model = _model(loss_weights={"photometric": 0.0})
     labelled = dataclasses.replace(batch)
-    labels = torch.full((1, 6, 64, 112), 255, dtype=torch.int64)
+    T = batch.images.shape[1]
+    labels = torch.full((1, T, 6, 64, 112), 255, dtype=torch.int16)
     labels[..., 40:, :] = 11  # bottom rows: driveable surface
-    labelled.semantic_labels = labels
+    labelled.semantic_maps = labels
     out = model(labelled)
     assert torch.isfinite(out.terms["semantic"]) and out.terms["semantic"] > 0
     out.loss.backward()

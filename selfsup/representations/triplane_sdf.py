@@ -73,6 +73,10 @@ class TriplaneSDF(nn.Module):
         bias_radius: radius of the bias cylinder, metres.
         outside_sdf: SDF returned outside the box (metres): "empty", far above the
             renderer's surface band, so neither rendering nor voxelization sees matter there.
+        sdf_scale: metres per unit of the decoder's SDF output. The decoded SDF starts the
+            same for any scale (the last layer's SDF row is divided by it); a larger scale
+            lets the optimiser move surfaces by metres in few steps (Adam's step on the
+            last layer is about ``lr`` in output units, so ``lr * sdf_scale`` in metres).
 
     Raises:
         ValueError: on an unknown ``sdf_bias`` or a non-positive size.
@@ -100,10 +104,13 @@ class TriplaneSDF(nn.Module):
         ground_z: float = 0.0,
         bias_radius: float = 25.0,
         outside_sdf: float = 100.0,
+        sdf_scale: float = 1.0,
     ):
         super().__init__()
         if sdf_bias not in ("none", "ground", "ground_cylinder"):
             raise ValueError(f"TriplaneSDF: sdf_bias must be 'none', 'ground' or 'ground_cylinder', got {sdf_bias!r}")
+        if sdf_scale <= 0:
+            raise ValueError(f"TriplaneSDF: sdf_scale must be positive, got {sdf_scale}")
         if min(*resolution, feat_channels, plane_channels, hidden, pillar_points) <= 0 or num_classes < 0:
             raise ValueError(
                 f"TriplaneSDF: sizes must be positive, got resolution={resolution}, feat_channels={feat_channels}, "
@@ -121,6 +128,7 @@ class TriplaneSDF(nn.Module):
         self.ground_z = ground_z
         self.bias_radius = bias_radius
         self.outside_sdf = outside_sdf
+        self.sdf_scale = sdf_scale
         lower, upper = grid.box()
         self.register_buffer("lower", lower, persistent=False)
         self.register_buffer("upper", upper, persistent=False)
@@ -151,7 +159,7 @@ class TriplaneSDF(nn.Module):
         self.decoder = nn.Sequential(*layers)
         # Start the decoded SDF near 0 so the analytic bias shapes the first renders.
         with torch.no_grad():
-            self.decoder[-1].weight[:1].mul_(0.1)
+            self.decoder[-1].weight[:1].mul_(0.1 / sdf_scale)
             self.decoder[-1].bias[:1].zero_()
 
     # ------------------------------------------------------------------ lifting
@@ -313,7 +321,7 @@ class TriplaneSDF(nn.Module):
         unit = self._unit(xyz_ego)
         feat = self.sample_planes(planes, xyz_ego)
         out = self.decoder(torch.cat([feat, self._positional_encoding(unit.clamp(-1.0, 1.0))], dim=-1))
-        sdf = out[..., 0] + self.bias(xyz_ego)
+        sdf = self.sdf_scale * out[..., 0] + self.bias(xyz_ego)
         outside = (unit.abs() > 1.0).any(dim=-1)
         sdf = torch.where(outside, torch.full_like(sdf, self.outside_sdf), sdf)
         rgb = torch.sigmoid(out[..., 1:4]) if self.rgb else None

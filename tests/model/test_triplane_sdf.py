@@ -120,6 +120,24 @@ def test_sdf_bias_is_ground_plus_cylinder_when_the_decoder_is_silent():
         _tiny(sdf_bias="sphere")
 
 
+def test_sdf_scale_keeps_the_initial_field_and_scales_the_last_layer_step():
+    planes = TPVPlanes(torch.randn(1, 8, 16, 16), torch.randn(1, 8, 16, 4), torch.randn(1, 8, 16, 4))
+    xyz = torch.rand(1, 32, 3) * torch.tensor([60.0, 60.0, 5.0]) - torch.tensor([30.0, 30.0, 0.5])
+    torch.manual_seed(0)
+    plain = _tiny()
+    torch.manual_seed(0)
+    scaled = _tiny(sdf_scale=10.0)
+    assert torch.allclose(plain.query(planes, xyz)[0], scaled.query(planes, xyz)[0], atol=1e-5)
+    # The same change of the SDF output bias moves the surface 10 times as far.
+    with torch.no_grad():
+        plain.decoder[-1].bias[0] += 0.1
+        scaled.decoder[-1].bias[0] += 0.1
+    shift = scaled.query(planes, xyz)[0] - plain.query(planes, xyz)[0]
+    assert torch.allclose(shift, torch.full_like(shift, 0.9), atol=1e-4)
+    with pytest.raises(ValueError, match="sdf_scale"):
+        _tiny(sdf_scale=0.0)
+
+
 def test_gradients_reach_features_and_planes():
     rep = _tiny()
     K, T = _two_cameras(90.0, (0.0, math.pi))

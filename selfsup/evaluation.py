@@ -6,22 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from eval.depth import DepthMetricAccumulator, distance_bin
+from selfsup.camera import scale_intrinsics
 from selfsup.data.frames import Frames, collate_frames
 from selfsup.model_api import OccupancyModel
-
-
-def scale_intrinsics(K: Float[Tensor, "*b 3 3"], from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Float[Tensor, "*b 3 3"]:
-    """Intrinsics of the same camera for an image resized from ``from_hw`` to ``to_hw``
-    (continuous pixel coordinates with pixel centres at +0.5 scale exactly)."""
-    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
-    S = torch.diag(torch.tensor([sx, sy, 1.0], dtype=K.dtype, device=K.device))
-    return S @ K
 
 
 @dataclass

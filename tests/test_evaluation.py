@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfsup.evaluation import project_lidar, scale_intrinsics
+from selfsup.camera import scale_intrinsics
+from selfsup.evaluation import project_lidar
 from selfsup.visualize import bev_occupancy, colorize_depth
 
 

@@ -14,6 +14,7 @@ from jaxtyping import Float, UInt8
 from torch import Tensor, nn
 
 from render.gaussians import rasterize_gaussians
+from selfsup.camera import scale_intrinsics
 from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
 from selfsup.grid import OCC3D_GRID, VoxelGrid
@@ -30,16 +31,6 @@ GAUSSIAN_OCC_LOSS_WEIGHTS: dict[str, float] = {
     "photometric": 0.0,  # only meaningful when the decoder predicts colour
     "flow_reg": 0.01,
 }
-
-
-def scale_intrinsics(
-    K: Float[Tensor, "*b 3 3"], src_hw: tuple[int, int], dst_hw: tuple[int, int]
-) -> Float[Tensor, "*b 3 3"]:
-    """Intrinsics of the same camera after resizing its image from ``src_hw`` to ``dst_hw``
-    (pixel centres at +0.5: u' = u * dst_w / src_w for continuous pixel coordinates)."""
-    sx, sy = dst_hw[1] / src_hw[1], dst_hw[0] / src_hw[0]
-    scale = torch.tensor([sx, sy, 1.0], dtype=K.dtype, device=K.device)
-    return K * scale[:, None]
 
 
 def splat(

@@ -11,7 +11,8 @@ import torch
 from selfsup.data.ddad import DDADFrames
 from selfsup.data.frames import Frames, collate_frames
 from selfsup.encoders import TimmFPN
-from selfsup.models.gaussian_occ import GaussianOcc, scale_intrinsics, splat
+from selfsup.camera import scale_intrinsics
+from selfsup.models.gaussian_occ import GaussianOcc, splat
 from selfsup.representations.gaussians import GaussianDecoder, GaussianFlow, Gaussians
 
 CAM_TO_EGO = torch.tensor(

@@ -11,7 +11,7 @@ WORK   ?= work_dirs/demo
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
+$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py selfsup/compat/torchvision_ops.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) "setuptools>=69" wheel
 	# torch first and alone, so nothing else can pull in a different build.

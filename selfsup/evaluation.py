@@ -44,6 +44,19 @@ def project_lidar(
     return LidarDepth(rows=row[keep], cols=col[keep], depth=z[keep])
 
 
+def frame_lidar_targets(
+    batch: Frames, t: int, depth_hw: tuple[int, int], min_depth: float, max_depth: float
+) -> tuple[Float[Tensor, "1 V 3 3"], list[LidarDepth]]:
+    """Intrinsics of frame ``t``'s cameras at ``depth_hw`` (first sample of ``batch``) and the
+    LiDAR depth targets of frame ``t`` in each of them."""
+    K = scale_intrinsics(batch.K[:, t], tuple(batch.images.shape[-2:]), depth_hw)
+    targets = [
+        project_lidar(batch.points_ego[0][t], K[0, v], batch.T_ego_cam[0, t, v], depth_hw, min_depth, max_depth)
+        for v in range(K.shape[1])
+    ]
+    return K, targets
+
+
 @torch.no_grad()
 def evaluate_depth(
     model: OccupancyModel,
@@ -74,16 +87,14 @@ def evaluate_depth(
     maps = []
     for i in indices:
         batch: Frames = collate_frames([dataset[i]]).to(device)
-        image_hw = tuple(batch.images.shape[-2:])
-        K = scale_intrinsics(batch.K[:, 0], image_hw, depth_hw)
+        K, targets = frame_lidar_targets(batch, 0, depth_hw, min_depth, max_depth)
         if constant_depth is None:
             depth = model.render_depth(batch, K, batch.T_ego_cam[:, 0], *depth_hw)[0]
         else:
             depth = torch.full((K.shape[1], *depth_hw), float(constant_depth), device=device)
         if keep_maps:
             maps.append(depth.cpu().numpy())
-        for v, name in enumerate(batch.camera_names):
-            target = project_lidar(batch.points_ego[0][0], K[0, v], batch.T_ego_cam[0, 0, v], depth_hw, min_depth, max_depth)
+        for v, (name, target) in enumerate(zip(batch.camera_names, targets)):
             if target.depth.numel() == 0:
                 continue
             pred = depth[v, target.rows, target.cols]
@@ -118,17 +129,15 @@ def evaluate_novel_depth(
     acc = DepthMetricAccumulator()
     for i in indices:
         batch: Frames = collate_frames([dataset[i]]).to(device)
-        image_hw = tuple(batch.images.shape[-2:])
         T_ego0_cam = batch.T_ego0_cam()  # [1, T, V, 4, 4]
         T_ego0_ego = torch.linalg.inv(batch.T_global_ego[:, :1]) @ batch.T_global_ego  # [1, T, 4, 4]
         for t in range(1, batch.images.shape[1]):
             if int(batch.frame_offsets[0, t]) == 0:
                 continue  # a clamped neighbour that is the current frame itself
-            K = scale_intrinsics(batch.K[:, t], image_hw, depth_hw)
+            K, targets = frame_lidar_targets(batch, t, depth_hw, min_depth, max_depth)
             depth = model.render_depth(batch, K, T_ego0_cam[:, t], *depth_hw)[0]
             bin_key = distance_bin(float(torch.linalg.norm(T_ego0_ego[0, t, :3, 3])))
-            for v in range(depth.shape[0]):
-                target = project_lidar(batch.points_ego[0][t], K[0, v], batch.T_ego_cam[0, t, v], depth_hw, min_depth, max_depth)
+            for v, target in enumerate(targets):
                 if target.depth.numel():
                     acc.update(depth[v, target.rows, target.cols].double().cpu(), target.depth.double().cpu(), bin_key)
     return acc.compute()
@@ -151,10 +160,8 @@ def median_lidar_depth(dataset, depth_hw, min_depth=1e-3, max_depth=80.0, indice
     """Median LiDAR depth over the evaluated images: the constant of the constant-depth baseline."""
     values = []
     for i in list(range(len(dataset))) if indices is None else indices:
-        batch = collate_frames([dataset[i]])
-        K = scale_intrinsics(batch.K[:, 0], tuple(batch.images.shape[-2:]), depth_hw)
-        for v in range(K.shape[1]):
-            values.append(project_lidar(batch.points_ego[0][0], K[0, v], batch.T_ego_cam[0, 0, v], depth_hw, min_depth, max_depth).depth)
+        _, targets = frame_lidar_targets(collate_frames([dataset[i]]), 0, depth_hw, min_depth, max_depth)
+        values += [target.depth for target in targets]
     all_depth = torch.cat(values)
     if all_depth.numel() == 0 or math.isnan(float(all_depth.median())):
         raise ValueError("no LiDAR point falls into any evaluated image")

@@ -9,6 +9,7 @@ multiplier.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from jaxtyping import Float, UInt8
@@ -32,11 +33,12 @@ class ModelOutput:
     images: dict[str, Tensor] = field(default_factory=dict)
 
 
-class OccupancyModel(nn.Module):
+class OccupancyModel(nn.Module, ABC):
     """Base class of every occupancy model (see the module docstring)."""
 
-    def forward(self, batch: Frames) -> ModelOutput:  # pragma: no cover - interface
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> ModelOutput")
+    @abstractmethod
+    def forward(self, batch: Frames) -> ModelOutput:
+        """The training losses of one batch."""
 
     def predict_occupancy(self, batch: Frames) -> UInt8[Tensor, "B X Y Z"]:  # pragma: no cover
         """Occ3D labels (0-16, 17 free) of the current frame (t = 0), ego frame, [x, y, z]."""

@@ -1,0 +1,1 @@
+"""Shared, pure training objectives (weights live in the configs)."""

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from selfsup.data.frames import Frames
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
+from selfsup.data.occ_gt import attach_occ_gt
 
 DDAD_CAMERAS: tuple[str, ...] = ("CAMERA_01", "CAMERA_05", "CAMERA_06", "CAMERA_07", "CAMERA_08", "CAMERA_09")
 LIDAR = "LIDAR"
@@ -86,9 +87,14 @@ class DDADFrames(Dataset):
         ego_mask_dir: folder with ``<CAMERA>_mask.png`` (255 = scene); ``None`` marks
             every pixel valid.
         allow_missing_neighbours: see above.
+        gt_dir: folder of Occ3D-format voxel GT (``scripts/generate_occ_gt.py`` output,
+            ``{gt_dir}/{scene}/{scene}_{timestamp}/labels.npz``, see
+            :func:`selfsup.data.occ_gt.occ_gt_path`); fills the ``Frames.occ_*`` fields of
+            the current frame. None: no voxel GT.
 
     Raises:
-        FileNotFoundError: missing scene folder / JSON, calibration, image or point cloud.
+        FileNotFoundError: missing scene folder / JSON, calibration, image, point cloud or
+            voxel GT file.
         KeyError: a camera or datum missing from a sample.
         ValueError: malformed pose / intrinsics, bad image size, no usable sample.
     """
@@ -105,6 +111,7 @@ class DDADFrames(Dataset):
         load_lidar: bool = True,
         ego_mask_dir: str | None = None,
         allow_missing_neighbours: bool = False,
+        gt_dir: str | None = None,
     ) -> None:
         if 0 in neighbours:
             raise ValueError(f"neighbours are offsets other than 0 (frame 0 is always the current one), got {neighbours}")
@@ -113,6 +120,7 @@ class DDADFrames(Dataset):
         self.neighbours = tuple(int(n) for n in neighbours)
         self.load_lidar = load_lidar
         self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
+        self.gt_dir = None if gt_dir is None else Path(gt_dir)
         scenes = (scene,) if isinstance(scene, str) else tuple(scene)
         self.scenes = {name: self._read_scene(name) for name in scenes}
         hw = {fr["cams"][c]["hw"] for frames in self.scenes.values() for fr in frames for c in self.cameras}
@@ -179,6 +187,15 @@ class DDADFrames(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def lidar_poses(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """LiDAR poses for RayIoU origins (``eval.rayiou.scene_lidar_origins_ego``): the
+        current sample's ``T_world_ego`` and ``T_ego_lidar``, ``T_world_lidar`` of every
+        sample of its scene in time order (float64), and the current sample's position."""
+        name, idx = self.items[i]
+        frames = self.scenes[name]
+        T_world_lidar = np.stack([f["T_world_ego"] @ f["T_ego_lidar"] for f in frames])
+        return frames[idx]["T_world_ego"], frames[idx]["T_ego_lidar"], T_world_lidar, idx
+
     def _points(self, frame: dict) -> np.ndarray:
         path = frame["lidar_path"]
         if not path.is_file():
@@ -217,7 +234,7 @@ class DDADFrames(Dataset):
         else:
             masks = torch.from_numpy(np.stack([
                 load_valid_mask(self.ego_mask_dir / f"{cam}_mask.png", self.transform) for cam in self.cameras]))
-        return Frames(
+        sample = Frames(
             images=torch.from_numpy(np.stack(images)),
             K=torch.from_numpy(np.stack(Ks).astype(np.float32)),
             T_ego_cam=torch.from_numpy(np.stack(T_ego_cam).astype(np.float32)),
@@ -230,3 +247,4 @@ class DDADFrames(Dataset):
             scene_names=name,
             camera_names=self.cameras,
         )
+        return sample if self.gt_dir is None else attach_occ_gt(sample, self.gt_dir)

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Float64, Int
+from jaxtyping import Bool, Float, Float64, Int, UInt8
 from torch import Tensor
 
 SEMANTIC_UNLABELLED = 255  # value of ``Frames.semantic_maps`` at unlabelled pixels
 OPTIONAL_MAPS = ("depth_maps", "semantic_maps")  # per-pixel pseudo labels a dataset may add
+OCC_GT_FIELDS = ("occ_semantics", "occ_mask_lidar", "occ_mask_camera")  # voxel GT of the current frame
 
 
 @dataclass
@@ -51,6 +52,13 @@ class Frames:
         semantic_maps: optional per-pixel Occ3D class (0-16; 255 = unlabelled) of every
             frame and camera at the image size, int16 ``[*B, T, V, H, W]``, e.g.
             Grounded-SAM pseudo labels (GaussianFlowOcc); None when the dataset provides none.
+        occ_semantics: optional Occ3D voxel labels of the current frame (t = 0), uint8
+            ``[*B, X, Y, Z]`` indexed [x, y, z] in its ego frame (0-16, 17 = free), from
+            ``{gt_dir}/{scene}/{token}/labels.npz`` (``selfsup.data.occ_gt``); None
+            without ground truth.
+        occ_mask_lidar: optional voxels observed by the LiDAR, bool ``[*B, X, Y, Z]``.
+        occ_mask_camera: optional voxels visible from the cameras, bool ``[*B, X, Y, Z]``
+            (the Occ3D camera mask used by "training / evaluating with the mask").
         tokens: sample token (nuScenes) or sample id (DDAD); ``str`` or list over B.
         scene_names: scene name; ``str`` or list over B.
         camera_names: names of the V cameras, same for every sample.
@@ -65,6 +73,9 @@ class Frames:
     valid_masks: Bool[Tensor, "*b V H W"]
     depth_maps: Float[Tensor, "*b T V H W"] | None = None
     semantic_maps: Int[Tensor, "*b T V H W"] | None = None
+    occ_semantics: UInt8[Tensor, "*b X Y Z"] | None = None
+    occ_mask_lidar: Bool[Tensor, "*b X Y Z"] | None = None
+    occ_mask_camera: Bool[Tensor, "*b X Y Z"] | None = None
     points_ego: list = field(default_factory=list)
     tokens: Any = ""
     scene_names: Any = ""
@@ -99,8 +110,8 @@ class Frames:
 def collate_frames(samples: list[Frames]) -> Frames:
     """Stack unbatched :class:`Frames` into a batch (DataLoader ``collate_fn``).
 
-    The optional ``depth_maps`` / ``semantic_maps`` are stacked when every sample has
-    them and stay None when none has.
+    The optional ``depth_maps`` / ``semantic_maps`` and voxel GT fields are stacked when
+    every sample has them and stay None when none has.
 
     Raises:
         ValueError: if the samples disagree on image size, frame count or cameras, or
@@ -117,7 +128,7 @@ def collate_frames(samples: list[Frames]) -> Frames:
             )
         if tuple(s.camera_names) != tuple(first.camera_names):
             raise ValueError(f"collate_frames: camera lists differ: {s.camera_names} vs {first.camera_names}")
-    for name in OPTIONAL_MAPS:
+    for name in OPTIONAL_MAPS + OCC_GT_FIELDS:
         missing = [s.tokens for s in samples if getattr(s, name) is None]
         if missing and len(missing) != len(samples):
             raise ValueError(

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from selfsup.data.frames import SEMANTIC_UNLABELLED, Frames
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
+from selfsup.data.occ_gt import attach_occ_gt
 
 NUSCENES_CAMERAS: tuple[str, ...] = (
     "CAM_FRONT_LEFT",
@@ -263,6 +264,9 @@ class NuScenesFrames(Dataset):
         pseudo_semantic_dir: folder of GaussianFlowOcc's Grounded-SAM label files (same
             layout, int8); fills ``Frames.semantic_maps`` (Occ3D classes, 255 =
             unlabelled). None: no semantic maps.
+        gt_dir: Occ3D voxel GT root (``{gt_dir}/{scene_name}/{sample_token}/labels.npz``,
+            usually ``{data_root}/gts``); fills the ``Frames.occ_*`` fields of the current
+            keyframe. None: no voxel GT.
 
     Pseudo maps are resized and cropped exactly like the images (same
     :class:`~selfsup.data.image.ResizeCrop`) with *nearest* sampling at pixel centres, for
@@ -295,6 +299,7 @@ class NuScenesFrames(Dataset):
         allow_missing_neighbours: bool = True,
         pseudo_depth_dir: str | None = None,
         pseudo_semantic_dir: str | None = None,
+        gt_dir: str | None = None,
     ) -> None:
         if neighbour_source not in ("keyframes", "sweeps"):
             raise ValueError(f"neighbour_source must be 'keyframes' or 'sweeps', got {neighbour_source!r}")
@@ -312,6 +317,7 @@ class NuScenesFrames(Dataset):
         self.allow_missing_neighbours = allow_missing_neighbours
         self.pseudo_depth_dir = None if pseudo_depth_dir is None else Path(pseudo_depth_dir)
         self.pseudo_semantic_dir = None if pseudo_semantic_dir is None else Path(pseudo_semantic_dir)
+        self.gt_dir = None if gt_dir is None else Path(gt_dir)
         if infos_path is not None:
             self.index = load_index(infos_path, version=version, split=split)
         else:
@@ -346,6 +352,19 @@ class NuScenesFrames(Dataset):
             if s["token"] == token:
                 return i
         raise KeyError(f"sample token {token!r} is not in this nuScenes dataset ({len(self.samples)} samples)")
+
+    def lidar_poses(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """LiDAR poses for RayIoU origins (``eval.rayiou.scene_lidar_origins_ego``): the
+        current keyframe's ``T_global_ego`` and ``T_ego_lidar``, ``T_global_lidar`` of
+        every keyframe of its scene in time order (float64; those in this index), and the
+        current keyframe's position among them."""
+        sample = self.samples[i]
+        keys = [s for s in self.index["samples"] if s["scene_name"] == sample["scene_name"]]
+        keys.sort(key=lambda s: s["timestamp"])
+        lidar = [self.sample_data[s["data"][LIDAR]] for s in keys]
+        T_global_lidar = np.stack([sd["T_global_ego"] @ sd["T_ego_sensor"] for sd in lidar])
+        current = [s["token"] for s in keys].index(sample["token"])
+        return lidar[current]["T_global_ego"], lidar[current]["T_ego_sensor"], T_global_lidar, current
 
     # -- neighbours ---------------------------------------------------------------------
     def _walk_sample(self, sample: dict, offset: int) -> tuple[dict, int]:
@@ -474,7 +493,7 @@ class NuScenesFrames(Dataset):
             semantic_maps = torch.from_numpy(
                 np.stack([self._pseudo_semantics(sample["scene_name"], fr["sample"]) for fr in frames])
             )
-        return Frames(
+        out = Frames(
             images=torch.from_numpy(np.stack(images)),
             K=torch.from_numpy(np.stack(Ks).astype(np.float32)),
             T_ego_cam=torch.from_numpy(np.stack(T_ego_cam).astype(np.float32)),
@@ -489,3 +508,4 @@ class NuScenesFrames(Dataset):
             scene_names=sample["scene_name"],
             camera_names=self.cameras,
         )
+        return out if self.gt_dir is None else attach_occ_gt(out, self.gt_dir)

@@ -13,12 +13,15 @@ Predictions-directory mode:
 
 Checkpoint mode (voxelize the model's representation for every val sample, then the same):
 
-    python eval_iou.py --py-config CFG --resume-from CKPT --occ3d [--use-mask] [--sem] \
+    python eval_iou.py --py-config CFG (--resume-from CKPT | --init) --occ3d [--use-mask] [--sem] \
         [--resolution 0.4] [--save-occ-path DIR] [--gt-dir GT] [--json-out FILE]
 
-- the config's ``val_data`` must be a nuScenes dataset (GT and RayIoU origins come from its
-  ``data_root`` and ``version``); ``--save-occ-path`` writes the predictions in the
-  predictions-directory layout (atomically), so they can be re-scored without the model;
+- any dataset of the ``Frames`` contract (nuScenes, DDAD, ...): GT from ``--gt-dir``
+  (``{gt_dir}/{scene}/{token}/labels.npz``, a ``/`` in a token replaced by ``_``) or, without
+  it, the voxel GT the config's ``val_data`` loads itself (its ``gt_dir``); RayIoU origins
+  from the dataset's own LiDAR poses (``lidar_poses(i)``); ``--init`` evaluates the untrained
+  model; ``--save-occ-path`` writes the predictions in the predictions-directory layout
+  (atomically), so they can be re-scored without the model;
 - without ``--sem`` only the geometric IoU (occupied vs free) is reported.
 
 Runs the same under `accelerate launch --num_processes N`: samples are split by rank
@@ -298,12 +301,34 @@ def resolve_backend(backend: str, device: str) -> str:
     return "torch" if str(device).startswith("cuda") else "cpp"
 
 
-def checkpoint_samples(args, exp, state, gt_dir: Path) -> tuple[int, Iterator[EvalSample]]:
-    """Predictions of the model for this process's share of the val samples."""
+class DatasetOrigins:
+    """RayIoU origins from a ``Frames`` dataset's own LiDAR poses (``dataset.lidar_poses(i)``:
+    the current sample's ``T_global_ego`` / ``T_ego_lidar``, ``T_global_lidar`` of every
+    keyframe of its scene and its position), as SparseOcc takes them from nuScenes."""
+
+    def __init__(self, dataset) -> None:
+        if not hasattr(dataset, "lidar_poses"):
+            raise SystemExit(
+                f"eval_iou.py --py-config: {type(dataset).__name__} has no lidar_poses(i), needed for RayIoU origins"
+            )
+        self.dataset = dataset
+
+    def __call__(self, index: int) -> np.ndarray:
+        T_global_ego, T_ego_lidar, T_global_lidar, current = self.dataset.lidar_poses(index)
+        return select_origins(scene_lidar_origins_ego(T_global_ego, T_ego_lidar, T_global_lidar, current))
+
+
+def checkpoint_samples(args, exp, state, gt_dir: Optional[Path]) -> tuple[int, Iterator[EvalSample]]:
+    """Predictions of the model for this process's share of the val samples.
+
+    GT: ``{gt_dir}/{scene}/{token}/labels.npz`` (``selfsup.data.occ_gt.occ_gt_path``) when
+    ``gt_dir`` is given, else the voxel GT the dataset puts into ``Frames.occ_*`` (its
+    ``gt_dir``). RayIoU origins: the dataset's own LiDAR poses (:class:`DatasetOrigins`).
+    """
+    from selfsup.data.occ_gt import occ_gt_path
+
     data = exp.eval_data
-    if not hasattr(data, "data_root") or not hasattr(data, "version"):
-        raise SystemExit("eval_iou.py --py-config: the config's val_data must be a nuScenes dataset (NuScenesFrames)")
-    origins = NuScenesOrigins(Path(data.data_root), data.version)
+    origins = DatasetOrigins(data)
     indices = shard(list(range(len(data))), state.process_index, state.num_processes)
     gt_keys = ["semantics", "mask_camera"] if args.use_mask else ["semantics"]
 
@@ -315,16 +340,31 @@ def checkpoint_samples(args, exp, state, gt_dir: Path) -> tuple[int, Iterator[Ev
             batch = collate_frames([data[i]]).to(args.device)
             scene, token = batch.scene_names[0], batch.tokens[0]
             with torch.no_grad():
-                pred = exp.model.predict_occupancy(batch)[0].cpu().numpy().astype(np.uint8)
+                pred = exp.model.predict_occupancy(exp.model.encode(batch)).labels[0].cpu().numpy().astype(np.uint8)
             if args.save_occ_path is not None:
-                with atomic_path(args.save_occ_path / scene / token / "labels.npz") as tmp:
+                with atomic_path(occ_gt_path(args.save_occ_path, scene, token)) as tmp:
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, semantics=pred)
             if not args.sem:
                 pred = np.where(pred == FREE_LABEL, FREE_LABEL, 0).astype(np.uint8)
-            gt = load_labels(gt_dir / scene / token / "labels.npz", gt_keys, "GT")
+            if gt_dir is not None:
+                gt = load_labels(occ_gt_path(gt_dir, scene, token), gt_keys, "GT")
+            elif batch.occ_semantics is not None:
+                gt = {"semantics": batch.occ_semantics[0].cpu().numpy()}
+                if args.use_mask:
+                    if batch.occ_mask_camera is None:
+                        raise ValueError(f"--use-mask: sample {token} has no occ_mask_camera")
+                    gt["mask_camera"] = batch.occ_mask_camera[0].cpu().numpy()
+            else:
+                raise SystemExit(
+                    "eval_iou.py: no ground truth: pass --gt-dir or give the config's val_data a gt_dir "
+                    "(its samples then carry Frames.occ_semantics)"
+                )
+            gt_sem = gt["semantics"]
+            if not args.sem:
+                gt_sem = np.where(gt_sem == FREE_LABEL, FREE_LABEL, 0).astype(np.uint8)
             mask = gt["mask_camera"].astype(bool) if args.use_mask else None
-            yield EvalSample(scene, token, pred, gt["semantics"], mask, origins(token, scene))
+            yield EvalSample(scene, token, pred, gt_sem, mask, origins(i))
 
     return len(data), generate()
 
@@ -344,10 +384,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         from selfsup.training.build import build_for_eval
 
         exp = build_for_eval(args)
-        root = Path(exp.eval_data.data_root) if hasattr(exp.eval_data, "data_root") else None
-        gt_dir = args.gt_dir if args.gt_dir is not None else (root / "gts" if root else None)
-        if gt_dir is None:
-            raise SystemExit("eval_iou.py: pass --gt-dir (the config's val_data has no data_root)")
+        gt_dir = args.gt_dir
+        data = exp.eval_data
+        if gt_dir is None and getattr(data, "gt_dir", None) is None and hasattr(data, "data_root"):
+            gt_dir = Path(data.data_root) / "gts"  # the Occ3D-nuScenes layout under the data root
         expected, samples = checkpoint_samples(args, exp, state, gt_dir)
     else:
         if args.pred_dir is None or args.data_root is None:

@@ -204,3 +204,67 @@ def geo_scal_loss(
     if float(t.sum()) > 0:
         loss = loss + _bce_to_one(inter / t.sum())
     return loss
+
+
+# --------------------------------------------------------------------------- occupancy objectives
+# The model-facing wrappers: ``fn(prediction, batch) -> scalar | None`` read the voxel GT of
+# the current frame from ``Frames.occ_*`` (None when the batch has none).
+def _targets(prediction, batch, camera_mask: bool, name: str):
+    if batch.occ_semantics is None:
+        return None
+    if prediction.logits is None:
+        raise ValueError(f"{name}: the model's OccupancyPrediction has no logits (this objective needs voxel logits)")
+    mask = None
+    if camera_mask:
+        if batch.occ_mask_camera is None:
+            raise ValueError(f"{name}: camera_mask=True but the batch has no occ_mask_camera (voxel GT without masks)")
+        mask = batch.occ_mask_camera
+    return prediction.logits, batch.occ_semantics, mask
+
+
+def _register(fn):
+    from selfsup.model_api import occupancy_objective
+
+    return occupancy_objective(fn)
+
+
+@_register
+def voxel_ce_objective(prediction, batch, *, camera_mask: bool = True,
+                       class_frequencies: tuple[int, ...] | None = None) -> Tensor | None:
+    """:func:`voxel_cross_entropy` of the prediction's logits against ``Frames.occ_semantics``;
+    ``camera_mask`` trains on ``occ_mask_camera`` voxels only; ``class_frequencies`` (e.g.
+    :data:`FLASHOCC_OCC3D_FREQUENCIES` or ``scripts/class_frequencies.py`` output) turns on
+    the class weights. None when the batch carries no voxel GT."""
+    got = _targets(prediction, batch, camera_mask, "voxel_ce_objective")
+    if got is None:
+        return None
+    weights = None if class_frequencies is None else class_weights_from_frequencies(class_frequencies)
+    return voxel_cross_entropy(*got, class_weights=weights)
+
+
+@_register
+def voxel_focal_objective(prediction, batch, *, camera_mask: bool = True, gamma: float = 2.0) -> Tensor | None:
+    """:func:`voxel_focal_loss` against ``Frames.occ_semantics`` (see :func:`voxel_ce_objective`)."""
+    got = _targets(prediction, batch, camera_mask, "voxel_focal_objective")
+    return None if got is None else voxel_focal_loss(*got, gamma=gamma)
+
+
+@_register
+def lovasz_objective(prediction, batch, *, camera_mask: bool = True) -> Tensor | None:
+    """:func:`lovasz_softmax` against ``Frames.occ_semantics``."""
+    got = _targets(prediction, batch, camera_mask, "lovasz_objective")
+    return None if got is None else lovasz_softmax(*got)
+
+
+@_register
+def sem_scal_objective(prediction, batch, *, camera_mask: bool = True) -> Tensor | None:
+    """:func:`sem_scal_loss` against ``Frames.occ_semantics``."""
+    got = _targets(prediction, batch, camera_mask, "sem_scal_objective")
+    return None if got is None else sem_scal_loss(*got)
+
+
+@_register
+def geo_scal_objective(prediction, batch, *, camera_mask: bool = True) -> Tensor | None:
+    """:func:`geo_scal_loss` against ``Frames.occ_semantics``."""
+    got = _targets(prediction, batch, camera_mask, "geo_scal_objective")
+    return None if got is None else geo_scal_loss(*got)

@@ -27,7 +27,9 @@ from selfsup.data.ddad import DDADFrames
 from selfsup.data.frames import collate_frames
 from selfsup.data.nuscenes import NuScenesFrames
 from selfsup.model_api import OccupancyModel, OccupancyPrediction, check_log_keys
+from selfsup.data.augment import AugmentedFrames
 from selfsup.models import GaussianOcc, SDFOcc
+from selfsup.models.bev_occ import BEVOcc, default_objectives
 from selfsup.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,12 +51,22 @@ TINY_MODEL: dict[type, dict[str, object]] = {
         "flow.embed_dims": 16, "flow.hidden_dims": 16, "flow.num_layers": 2, "render_hw": (8, 16),
         "backend": "torch",
     },
+    BEVOcc: {
+        **TINY_ENCODER,
+        "lift.in_channels": 16, "lift.out_channels": 4, "bev_encoder.in_channels": 4,
+        "bev_encoder.channels": (4, 8, 8), "bev_encoder.out_channels": 4, "head.in_channels": 4, "head.hidden": 4,
+        "train_grid_hw": (4, 6), "num_samples": 8,
+        # the bundled nuScenes keyframes carry no voxel GT: LiDAR depth rendering keeps a
+        # loss term (the voxel term counts where the sample has GT)
+        "objectives": default_objectives(), "loss_weights": {"voxel": 1.0, "depth": 1.0},
+    },
 }  # fmt: skip
 TINY_DATA: dict[type, dict[str, object]] = {
     DDADFrames: {"image_hw": (32, 56), "cameras": ("CAMERA_01", "CAMERA_05")},
     NuScenesFrames: {
         "data_root": str(NUSCENES_ROOT), "version": "v1.0-mini", "split": "all", "image_hw": (32, 64),
         "neighbours": (-1, 1), "load_lidar": True, "pseudo_depth_dir": None, "pseudo_semantic_dir": None,
+        "gt_dir": None,  # the bundled root has no gts/ folder
     },
 }  # fmt: skip
 RENDER_HW = (8, 12)
@@ -75,7 +87,7 @@ def _tiny(cfg_path: Path):
     for path, value in TINY_MODEL[model_cls].items():
         _set(cfg.model, path, value)
     data = cfg.train_data
-    if fdl.get_callable(data) is CachedDataset:
+    while fdl.get_callable(data) in (CachedDataset, AugmentedFrames):
         data = data.dataset
     data_cls = fdl.get_callable(data)
     if data_cls not in TINY_DATA:

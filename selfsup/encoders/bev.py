@@ -98,6 +98,7 @@ class BEVEncoder2D(nn.Module):
         super().__init__()
         if len(channels) < 2:
             raise ValueError(f"BEVEncoder2D: need >= 2 stages, got channels {channels}")
+        self.in_channels = in_channels
         self.backbone = ResNetStages(2, in_channels, tuple(channels), tuple(num_layers), (2,) * len(channels))
         mid = 2 * out_channels
         self.fuse = nn.Sequential(
@@ -138,6 +139,7 @@ class VoxelEncoder3D(nn.Module):
     def __init__(self, in_channels: int = 32, channels: tuple[int, ...] = (32, 64, 128), out_channels: int = 32,
                  num_layers: tuple[int, ...] = (1, 2, 4), strides: tuple[int, ...] = (1, 2, 2)):
         super().__init__()
+        self.in_channels = in_channels
         self.backbone = ResNetStages(3, in_channels, tuple(channels), tuple(num_layers), tuple(strides))
         self.neck = nn.Sequential(
             nn.Conv3d(sum(channels), out_channels, 1, bias=False), nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True)

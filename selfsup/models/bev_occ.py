@@ -89,8 +89,8 @@ class BEVOcc(OccupancyModel):
         min_opacity: ``render_depth`` threshold.
 
     Raises:
-        ValueError: a plane / volume mismatch between lift, encoder and head, or a history
-            frame count that disagrees with ``temporal``.
+        ValueError: a plane / volume mismatch between lift, encoder and head, channel counts
+            that do not chain, or a history frame count that disagrees with ``temporal``.
 
     Source: FlashOcc (Yu et al. 2023), BEVDet-Occ (FlashOcc repository), BEVDet4D (Huang &
     Huang 2022), RenderOcc (Pan et al. 2024, rendering supervision of a voxel volume).
@@ -122,6 +122,12 @@ class BEVOcc(OccupancyModel):
                 f"BEVOcc: lift.collapse_z={plane} needs {'BEVEncoder2D + ChannelToHeightHead' if plane else 'VoxelEncoder3D + Conv3DHead'}, "
                 f"got {type(bev_encoder).__name__} + {type(head).__name__}"
             )
+        chain = [("encoder.out_channels", encoder.out_channels, "lift.in_channels", lift.in_channels),
+                 ("lift.out_channels", lift.out_channels, "bev_encoder.in_channels", bev_encoder.in_channels),
+                 ("bev_encoder.out_channels", bev_encoder.out_channels, "head.in_channels", head.conv.in_channels)]
+        for a, va, b, vb in chain:
+            if va != vb:
+                raise ValueError(f"BEVOcc: {a} = {va} but {b} = {vb}; they must match")
         n_hist = 0 if temporal is None else temporal.num_history
         if len(history_frames) != n_hist:
             raise ValueError(f"BEVOcc: {len(history_frames)} history_frames but temporal fuses {n_hist}")
@@ -244,8 +250,9 @@ class BEVOcc(OccupancyModel):
         read = read.reshape(B, fields.shape[1], V, R, S).permute(0, 2, 3, 4, 1)  # [B V R S C]
         dens = read[..., 0] * hit[..., None].to(read.dtype)
         feats = read[..., 1:] if features else read[..., :0]
-        out = render_density(dens.reshape(-1, S), edges[..., :-1].reshape(-1, S), edges[..., 1:].reshape(-1, S),
-                             feats.reshape(-1, S, feats.shape[-1]), backend="torch")
+        N = B * V * R
+        out = render_density(dens.reshape(N, S), edges[..., :-1].reshape(N, S), edges[..., 1:].reshape(N, S),
+                             feats.reshape(N, S, feats.shape[-1]), backend="torch")
         opacity = out.opacity.reshape(B, V, R)
         acc_dist = out.dist.reshape(B, V, R)
         dist = acc_dist / opacity.clamp_min(1e-6)

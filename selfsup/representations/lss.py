@@ -247,6 +247,7 @@ class LSSLift(nn.Module):
         self.grid = grid
         self.bins = bins
         self.collapse_z = collapse_z
+        self.in_channels = in_channels
         self.out_channels = out_channels
         self.depth_net = nn.Conv2d(in_channels, bins.count + out_channels, 1)
 
@@ -323,6 +324,7 @@ class BackwardLift(nn.Module):
         self.grid = grid
         self.collapse_z = collapse_z
         self.z_samples = z_samples
+        self.in_channels = in_channels
         self.out_channels = out_channels
         self.proj = nn.Conv2d(in_channels, out_channels, 1) if collapse_z else nn.Conv3d(in_channels, out_channels, 1)
 

@@ -9,12 +9,30 @@ that can put a feature plane ``[B, C, X, Y]`` or volume ``[B, C, X, Y, Z]`` on t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, UInt8
 from torch import Tensor, nn
 
-from selfsup.grid import OCC3D_NUM_CLASSES
+from selfsup.grid import OCC3D_FREE, OCC3D_NUM_CLASSES
+
+
+def _init_free_prior(layer: nn.Linear, num_classes: int, groups: int, free_prior: float | None) -> None:
+    """Bias the last layer so that every voxel starts with softmax probability ``free_prior``
+    of free (the other classes equal): ``b_free = ln(q (K - 1) / (1 - q))``, others 0, last
+    layer weights scaled by 0.01. An occupancy prior in the spirit of the focal-loss prior
+    init (Lin et al. 2017, Sec. 4.1); ``None`` keeps PyTorch's default init (FlashOcc)."""
+    if free_prior is None:
+        return
+    if not 0.0 < free_prior < 1.0:
+        raise ValueError(f"free_prior must lie in (0, 1), got {free_prior}")
+    with torch.no_grad():
+        layer.weight.mul_(0.01)
+        bias = layer.bias.view(groups, num_classes)
+        bias.zero_()
+        bias[:, OCC3D_FREE] = math.log(free_prior * (num_classes - 1) / (1.0 - free_prior))
 
 
 class ChannelToHeightHead(nn.Module):
@@ -29,16 +47,19 @@ class ChannelToHeightHead(nn.Module):
         hidden: channels of the conv / MLP (FlashOcc M1: ``out_dim`` 256).
         num_z: height cells (Occ3D: 16).
         num_classes: classes incl. free (Occ3D: 18).
+        free_prior: initial probability of free per voxel (see ``_init_free_prior``), or
+            None for the default init (FlashOcc).
 
     Source: FlashOcc (Yu et al. 2023) Sec. 3.3, ``BEVOCCHead2D`` with ``use_predicter``.
     """
 
     def __init__(self, in_channels: int = 256, hidden: int = 256, num_z: int = 16,
-                 num_classes: int = OCC3D_NUM_CLASSES):
+                 num_classes: int = OCC3D_NUM_CLASSES, free_prior: float | None = None):
         super().__init__()
         self.num_z, self.num_classes = num_z, num_classes
         self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.Softplus(), nn.Linear(2 * hidden, num_classes * num_z))
+        _init_free_prior(self.mlp[-1], num_classes, num_z, free_prior)
 
     def forward(self, bev: Float[Tensor, "B C X Y"]) -> Float[Tensor, "B X Y Z K"]:
         x = F.relu(self.conv(bev)).permute(0, 2, 3, 1)  # [B X Y hidden]
@@ -53,15 +74,18 @@ class Conv3DHead(nn.Module):
         in_channels: channels of the volume (BEVDet-Occ 3D: 32).
         hidden: channels of the conv (32 in BEVDet-Occ; the MLP is hidden -> 2 hidden -> K).
         num_classes: classes incl. free (18).
+        free_prior: as :class:`ChannelToHeightHead`.
 
     Source: BEVDet-Occ / FlashOcc repository, ``BEVOCCHead3D`` with ``use_predicter``.
     """
 
-    def __init__(self, in_channels: int = 32, hidden: int = 32, num_classes: int = OCC3D_NUM_CLASSES):
+    def __init__(self, in_channels: int = 32, hidden: int = 32, num_classes: int = OCC3D_NUM_CLASSES,
+                 free_prior: float | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.conv = nn.Conv3d(in_channels, hidden, 3, padding=1)
         self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.Softplus(), nn.Linear(2 * hidden, num_classes))
+        _init_free_prior(self.mlp[-1], num_classes, 1, free_prior)
 
     def forward(self, volume: Float[Tensor, "B C X Y Z"]) -> Float[Tensor, "B X Y Z K"]:
         x = F.relu(self.conv(volume)).permute(0, 2, 3, 4, 1)

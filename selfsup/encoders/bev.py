@@ -83,7 +83,7 @@ class BEVEncoder2D(nn.Module):
         in_channels: channels of the lifted BEV plane (FlashOcc M1: 64).
         channels: stage channels (FlashOcc M1: [128, 256, 512]).
         out_channels: output channels (FlashOcc M1: 256).
-        num_layers: blocks per stage.
+        num_layers: blocks per stage (default 2 each, BEVDet).
 
     Raises:
         ValueError: fewer than 2 stages.
@@ -94,8 +94,9 @@ class BEVEncoder2D(nn.Module):
     """
 
     def __init__(self, in_channels: int = 64, channels: tuple[int, ...] = (128, 256, 512), out_channels: int = 256,
-                 num_layers: tuple[int, ...] = (2, 2, 2)):
+                 num_layers: tuple[int, ...] | None = None):
         super().__init__()
+        num_layers = (2,) * len(channels) if num_layers is None else num_layers
         if len(channels) < 2:
             raise ValueError(f"BEVEncoder2D: need >= 2 stages, got channels {channels}")
         self.in_channels = in_channels

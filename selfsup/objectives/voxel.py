@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int, Shaped
+from jaxtyping import Bool, Float, Int, Integer, Shaped
 from torch import Tensor
 
 from selfsup.grid import OCC3D_FREE
@@ -67,7 +67,7 @@ def _flatten(
 
 def voxel_cross_entropy(
     logits: Float[Tensor, "B X Y Z K"],
-    labels: Int[Tensor, "B X Y Z"],
+    labels: Integer[Tensor, "B X Y Z"],
     mask: Bool[Tensor, "B X Y Z"] | None = None,
     class_weights: Float[Tensor, "K"] | None = None,
 ) -> Float[Tensor, ""]:
@@ -90,7 +90,7 @@ def voxel_cross_entropy(
 
 def voxel_focal_loss(
     logits: Float[Tensor, "B X Y Z K"],
-    labels: Int[Tensor, "B X Y Z"],
+    labels: Integer[Tensor, "B X Y Z"],
     mask: Bool[Tensor, "B X Y Z"] | None = None,
     gamma: float = 2.0,
     class_weights: Float[Tensor, "K"] | None = None,
@@ -125,7 +125,7 @@ def _lovasz_grad(gt_sorted: Tensor) -> Tensor:
 
 def lovasz_softmax(
     logits: Float[Tensor, "B X Y Z K"],
-    labels: Int[Tensor, "B X Y Z"],
+    labels: Integer[Tensor, "B X Y Z"],
     mask: Bool[Tensor, "B X Y Z"] | None = None,
 ) -> Float[Tensor, ""]:
     """Lovasz-softmax: the mean over the classes present among the valid voxels of the
@@ -153,7 +153,7 @@ def _bce_to_one(x: Tensor) -> Tensor:
 
 def sem_scal_loss(
     logits: Float[Tensor, "B X Y Z K"],
-    labels: Int[Tensor, "B X Y Z"],
+    labels: Integer[Tensor, "B X Y Z"],
     mask: Bool[Tensor, "B X Y Z"] | None = None,
 ) -> Float[Tensor, ""]:
     """MonoScene semantic scene-class affinity loss.
@@ -184,7 +184,7 @@ def sem_scal_loss(
 
 def geo_scal_loss(
     logits: Float[Tensor, "B X Y Z K"],
-    labels: Int[Tensor, "B X Y Z"],
+    labels: Integer[Tensor, "B X Y Z"],
     mask: Bool[Tensor, "B X Y Z"] | None = None,
     free_label: int = OCC3D_FREE,
 ) -> Float[Tensor, ""]:

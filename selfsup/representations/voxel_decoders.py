@@ -95,3 +95,13 @@ class Conv3DHead(nn.Module):
 def logits_to_labels(logits: Float[Tensor, "B X Y Z K"]) -> UInt8[Tensor, "B X Y Z"]:
     """Occ3D labels: the argmax class of every voxel (17 = free), uint8."""
     return logits.argmax(dim=-1).to(torch.uint8)
+
+
+def tpv_volume(representation, planes, grid) -> Float[Tensor, "B C X Y Z"]:
+    """TPV plane features at the voxel centres of ``grid`` (the sum of the three planes'
+    bilinear samples, :meth:`TriplaneSDF.sample_planes`), as a volume for :class:`Conv3DHead`:
+    the way the SDF branch puts the shared voxel decoders on its features."""
+    centres = grid.centers(planes.xy.device).reshape(1, -1, 3).expand(planes.xy.shape[0], -1, -1)
+    feats = representation.sample_planes(planes, centres)  # [B N C]
+    X, Y, Z = grid.shape
+    return feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], X, Y, Z)

@@ -88,8 +88,8 @@ class DDADFrames(Dataset):
             every pixel valid.
         allow_missing_neighbours: see above.
         gt_dir: folder of Occ3D-format voxel GT (``scripts/generate_occ_gt.py`` output,
-            ``{gt_dir}/{scene}/{scene}_{timestamp}/labels.npz``, see
-            :func:`selfsup.data.occ_gt.occ_gt_path`); fills the ``Frames.occ_*`` fields of
+            ``{gt_dir}/{scene}/{timestamp}/labels.npz``, see
+            :func:`selfsup.occ_gt.paths.gt_label_path`); fills the ``Frames.occ_*`` fields of
             the current frame. None: no voxel GT.
 
     Raises:

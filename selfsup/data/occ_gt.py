@@ -1,7 +1,8 @@
 """Occ3D-format voxel ground truth: file layout, loading with clear errors, class counts.
 
 Layout (Occ3D-nuScenes, and what ``scripts/generate_occ_gt.py`` writes for any dataset):
-``{gt_dir}/{scene_name}/{token}/labels.npz`` with uint8 ``semantics`` (0-16, 17 = free),
+``{gt_dir}/{scene_name}/{token_dir}/labels.npz`` (:func:`selfsup.occ_gt.paths.gt_label_path`:
+the token, without a ``{scene_name}/`` prefix for DDAD ids) with uint8 ``semantics`` (0-16, 17 = free),
 and ``mask_lidar`` / ``mask_camera`` (0/1), each ``(200, 200, 16)`` indexed [x, y, z] in
 the ego frame of the sample. ``eval_iou.py --gt-dir`` reads the same files.
 """
@@ -17,15 +18,10 @@ import torch
 
 from selfsup.data.frames import Frames
 from selfsup.grid import OCC3D_FREE, OCC3D_GRID, OCC3D_NUM_CLASSES
+from selfsup.occ_gt.paths import gt_label_path
 
 OCC_GT_KEYS = ("semantics", "mask_lidar", "mask_camera")
 IGNORE_LABEL = 255  # voxels without a label (some generated GT); ignored by the objectives
-
-
-def occ_gt_path(gt_dir: str | Path, scene_name: str, token: str) -> Path:
-    """``{gt_dir}/{scene_name}/{token}/labels.npz``; a ``/`` inside a token (DDAD sample ids
-    ``scene/timestamp``) is replaced by ``_`` so that every sample is one folder."""
-    return Path(gt_dir) / scene_name / token.replace("/", "_") / "labels.npz"
 
 
 def load_occ_gt(
@@ -76,7 +72,7 @@ def attach_occ_gt(frames: Frames, gt_dir: str | Path) -> Frames:
     Raises:
         FileNotFoundError, ValueError: as :func:`load_occ_gt`, naming the sample's file.
     """
-    gt = load_occ_gt(occ_gt_path(gt_dir, frames.scene_names, frames.tokens))
+    gt = load_occ_gt(gt_label_path(gt_dir, frames.scene_names, frames.tokens))
     return replace(
         frames,
         occ_semantics=torch.from_numpy(gt["semantics"]),

@@ -365,12 +365,10 @@ class DatasetOrigins:
 def checkpoint_samples(args, exp, state, gt_dir: Optional[Path]) -> tuple[int, Iterator[EvalSample]]:
     """Predictions of the model for this process's share of the val samples.
 
-    GT: ``{gt_dir}/{scene}/{token}/labels.npz`` (``selfsup.data.occ_gt.occ_gt_path``) when
+    GT: ``{gt_dir}/{scene}/{token}/labels.npz`` (``selfsup.occ_gt.paths.gt_label_path``) when
     ``gt_dir`` is given, else the voxel GT the dataset puts into ``Frames.occ_*`` (its
     ``gt_dir``). RayIoU origins: the dataset's own LiDAR poses (:class:`DatasetOrigins`).
     """
-    from selfsup.data.occ_gt import occ_gt_path
-
     data = exp.eval_data
     origins = DatasetOrigins(data)
     indices = shard(list(range(len(data))), state.process_index, state.num_processes)

@@ -96,7 +96,7 @@ def splat(device: str = "cpu", repeats: int = 3) -> dict:
     return out
 
 
-def model(device: str = "cpu", repeats: int = 2, configs: tuple[str, ...] = ("flashocc_r50", "bevdet_occ_r50_3d")) -> dict:
+def model(device: str = "cpu", repeats: int = 1, configs: tuple[str, ...] = ("flashocc_r50", "bevdet_occ_r50_3d")) -> dict:
     import fiddle as fdl
 
     from selfsup.data.frames import Frames, collate_frames

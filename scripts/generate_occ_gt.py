@@ -5,7 +5,7 @@ Usage::
     python scripts/generate_occ_gt.py --source {nuscenes,ddad,lidarseg-frames} --data-root PATH \
         [--version v1.0-mini] [--scenes NAME ...] [--samples TOKEN ...] --out-dir DIR \
         [--num-workers N] [--window W] [--box-margin 0.2] [--camera-stride 8] \
-        [--ground-align] [--densify] [--overwrite] [--keep-going] [--json-out FILE]
+        [--ground-align auto|on|off] [--densify] [--overwrite] [--keep-going] [--json-out FILE]
 
 Writes ``DIR/{scene_name}/{token_dir}/labels.npz`` (``semantics``, ``mask_lidar``,
 ``mask_camera``, uint8 (200, 200, 16), ego frame of the keyframe; the Occ3D layout that
@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--box-margin", type=float, default=0.2, help="metres boxes are grown by for the static / object split")
     p.add_argument("--unlabelled-class", type=int, default=0, help="class of voxels with only unlabelled points (0 = others)")
     p.add_argument("--camera-stride", type=int, default=8, help="pixel spacing of the mask_camera rays")
-    p.add_argument("--ground-align", action="store_true", help="re-align other frames' ground vertically (nuScenes poses have no z)")
+    p.add_argument("--ground-align", choices=("auto", "on", "off"), default="auto",
+                   help="re-align other frames' ground vertically; auto = on when the ego poses have no z (nuScenes)")
     p.add_argument("--densify", action="store_true", help="fill unobserved holes (off by default; see selfsup.occ_gt.voxelize.densify)")
     p.add_argument("--densify-iterations", type=int, default=1)
     p.add_argument("--overwrite", action="store_true", help="regenerate samples that are already complete")
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     config = GenerationConfig(
         window=args.window, box_margin=args.box_margin, unlabelled_class=args.unlabelled_class,
-        camera_stride=args.camera_stride, ground_align=args.ground_align, densify=args.densify,
+        camera_stride=args.camera_stride, ground_align={"auto": None, "on": True, "off": False}[args.ground_align], densify=args.densify,
         densify_iterations=args.densify_iterations,
     )
     spec = SourceSpec(args.source, str(args.data_root), args.version, tuple(args.scenes) if args.scenes else None)

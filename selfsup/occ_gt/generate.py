@@ -24,7 +24,8 @@ from typing import Optional
 import numpy as np
 
 from eval.rayiou import scene_lidar_origins_ego
-from selfsup.grid import OCC3D_FREE, OCC3D_GRID, VoxelGrid
+from selfsup.constants import OCC3D_FREE
+from selfsup.grid import OCC3D_GRID, VoxelGrid
 from selfsup.io import atomic_path
 from selfsup.occ_gt.aggregate import aggregate
 from selfsup.occ_gt.paths import LABELS_FILE, ORIGINS_FILE, gt_sample_dir
@@ -44,8 +45,9 @@ class GenerationConfig:
         box_margin: metres every box is grown by for the static / object split.
         unlabelled_class: class of a voxel holding only unlabelled points (0 = others).
         camera_stride: pixel spacing of the camera rays of ``mask_camera``.
-        ground_align: re-align other frames' static points vertically (nuScenes poses have
-            no z); off by default.
+        ground_align: re-align other frames' static points vertically
+            (:mod:`selfsup.occ_gt.aggregate`); None (default) = on exactly when the scene's ego
+            poses carry no height (every z translation 0, as in nuScenes), else off.
         densify: hole filling of unobserved voxels (:func:`selfsup.occ_gt.voxelize.densify`);
             off by default.
         densify_iterations, densify_min_neighbours: its parameters.
@@ -55,7 +57,7 @@ class GenerationConfig:
     box_margin: float = 0.2
     unlabelled_class: int = 0
     camera_stride: int = 8
-    ground_align: bool = False
+    ground_align: Optional[bool] = None
     densify: bool = False
     densify_iterations: int = 1
     densify_min_neighbours: int = 4
@@ -94,7 +96,10 @@ def generate_sample(
     """
     t0 = time.perf_counter()
     grid = config.grid
-    agg = aggregate(scene, index, config.window, config.box_margin, config.ground_align, cache)
+    ground_align = config.ground_align
+    if ground_align is None:
+        ground_align = not scene.poses_have_height()
+    agg = aggregate(scene, index, config.window, config.box_margin, ground_align, cache)
     semantics = voxel_labels(agg.xyz, agg.labels, grid, config.unlabelled_class)
     t1 = time.perf_counter()
     has_ray = ~np.isnan(agg.origins[:, 0])
@@ -116,7 +121,7 @@ def generate_sample(
     occupied = semantics != OCC3D_FREE
     stats = dict(
         points=int(len(agg)), points_in_grid=int(inside.sum()), rays=int(has_ray.sum()),
-        frames=int(np.unique(agg.frame).size), cameras=len(cameras),
+        frames=int(np.unique(agg.frame).size), cameras=len(cameras), ground_align=bool(ground_align),
         occupied_fraction=float(occupied.mean()), mask_lidar_fraction=float(mask_lidar.mean()),
         mask_camera_fraction=float(mask_camera.mean()),
         seconds=dict(aggregate_voxelize=t1 - t0, mask_lidar=t2 - t1, mask_camera=t3 - t2, total=t3 - t0),

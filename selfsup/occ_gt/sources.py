@@ -32,9 +32,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from selfsup.constants import SEMANTIC_UNLABELLED
 from selfsup.occ_gt.boxes import Box, box_from_bottom_center_yaw
 
-UNLABELLED = 255  # per-point label of a point the data gives no class
+UNLABELLED = SEMANTIC_UNLABELLED  # per-point label of a point the data gives no class (255)
 
 # nuScenes category name (prefix) -> Occ3D class; the nuScenes-lidarseg / Occ3D grouping
 # (detection classes 1-10, everything else annotated with a box is `others` = 0).
@@ -128,6 +129,10 @@ class SceneRecord:
     name: str
     frames: list[LidarFrame]
     ego_box: tuple[float, float, float, float, float, float]
+
+    def poses_have_height(self) -> bool:
+        """False when every ego pose has z translation 0 (nuScenes logs: poses are 2-D)."""
+        return any(abs(float(f.T_global_ego[2, 3])) > 0.0 for f in self.frames)
 
     def keyframe_indices(self) -> list[int]:
         return [i for i, f in enumerate(self.frames) if f.is_keyframe]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Bool, Float, Int64, UInt8
 
-from selfsup.grid import OCC3D_FREE, OCC3D_GRID, VoxelGrid
+from selfsup.constants import NUM_SEMANTIC_CLASSES, OCC3D_FREE
+from selfsup.grid import OCC3D_GRID, VoxelGrid
 from selfsup.occ_gt.sources import UNLABELLED
 
-NUM_SEMANTIC = 17  # Occ3D classes 0-16
+NUM_SEMANTIC = NUM_SEMANTIC_CLASSES  # Occ3D classes 0-16
 
 
 def voxel_index(

@@ -26,6 +26,7 @@ def _eval(gt_dir, pred_dir, tmp_path, *extra):
                           "--json-out", str(tmp_path / "r.json"), *extra])
 
 
+@pytest.mark.slow
 def test_cli_writes_skips_and_round_trips_through_eval_iou(tmp_path, capsys):
     token = read_lidarseg_frames(S6).frames[5].token
     out = tmp_path / "gt"
@@ -71,6 +72,25 @@ def test_shipped_ddad_gt_evaluates_through_eval_iou(tmp_path):
     assert result["num_samples"] == 3 and result["mIoU"] == 100.0 and result["RayIoU"] == 1.0
 
 
+def test_shipped_nuscenes_gt_round_trips_through_eval_iou(tmp_path):
+    # no --data-root: RayIoU origins come from the lidar_origins.npy files
+    pred_dir = tmp_path / "pred"
+    expected = []
+    for scene, token in eval_iou.find_gt_samples(SHIPPED / "nuscenes"):
+        gt = load_gt(SHIPPED / "nuscenes" / scene / token / "labels.npz")
+        pred = gt["semantics"].copy()
+        pred[:100] = 17  # forget everything behind the car
+        (pred_dir / scene / token).mkdir(parents=True)
+        np.savez_compressed(pred_dir / scene / token / "labels.npz", semantics=pred)
+        expected.append((pred, gt))
+    result = _eval(SHIPPED / "nuscenes", pred_dir, tmp_path, "--use-mask")
+    assert result["num_samples"] == 2
+    occ = [((p != 17) & (g["semantics"] != 17) & (g["mask_camera"] > 0)).sum() for p, g in expected]
+    gt_occ = [((g["semantics"] != 17) & (g["mask_camera"] > 0)).sum() for p, g in expected]
+    assert result["IoU"] == pytest.approx(100 * sum(occ) / sum(gt_occ))  # no false positives
+    assert 20 < result["IoU"] < 80 and 0 < result["RayIoU"] < 1
+
+
 def test_shipped_nuscenes_gt_origins_equal_the_devkit_tables():
     origins = eval_iou.NuScenesOrigins(NUSCENES_ROOT, "v1.0-mini")
     found = eval_iou.find_gt_samples(SHIPPED / "nuscenes")
@@ -114,3 +134,13 @@ def test_plan_tasks_lists_every_keyframe_once():
     scene = read_lidarseg_frames(S6)
     tasks = plan_tasks({scene.name: scene})
     assert tasks == [("scene-0006", i) for i in range(11)]
+
+
+def test_eval_iou_without_origins_names_the_missing_sidecar(tmp_path):
+    sem = np.full((200, 200, 16), 17, np.uint8)
+    sem[:, :, 1] = 11
+    folder = tmp_path / "gt" / "scene_x" / "tok"
+    folder.mkdir(parents=True)
+    np.savez_compressed(folder / "labels.npz", semantics=sem, mask_lidar=sem * 0, mask_camera=sem * 0)
+    with pytest.raises(FileNotFoundError, match="lidar_origins.npy"):
+        _eval(tmp_path / "gt", tmp_path / "gt", tmp_path)

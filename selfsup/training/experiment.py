@@ -28,6 +28,8 @@ class TrainSettings:
         log_every, image_every, ckpt_every: intervals in steps (0 disables).
         keep_last: how many checkpoints to keep in the work dir.
         num_workers: DataLoader worker processes.
+        num_threads: torch intra-op threads per process; ``None`` = the process's cores / the
+            processes on the node (``accelerate launch`` would otherwise leave 1 on CPU).
         seed: seeds the model init, the data order and the ray jitter.
 
     Source: SelfOcc's optimiser (AdamW lr 1e-4, wd 0.01, backbone x0.1, clip 35, 1000
@@ -51,6 +53,7 @@ class TrainSettings:
     ckpt_every: int = 500
     keep_last: int = 2
     num_workers: int = 0
+    num_threads: int | None = None
     seed: int = 0
 
     def __post_init__(self):

@@ -4,6 +4,7 @@ steps, gradient clipping, optional EMA, exact resume, TensorBoard, a progress ba
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from selfsup.data.frames import collate_frames
 from selfsup.training.checkpoint import TrainState, read_meta, resolve_checkpoint, save_checkpoint
 from selfsup.training.config import config_to_json, config_to_text, save_config
 from selfsup.training.experiment import Experiment, TrainSettings
+from selfsup.training.launch import configure_cpu_threads, cpu_threads_per_process
 from selfsup.training.sampler import StepBatchSampler
 
 
@@ -71,7 +73,12 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
     """
     work_dir = Path(work_dir)
     settings: TrainSettings = fdl.build(cfg.train)
+    threads = configure_cpu_threads(settings.num_threads)
     accelerator = make_accelerator(settings, work_dir)
+    accelerator.print(
+        f"torch threads per process: {threads} (OMP_NUM_THREADS was {os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"{cpu_threads_per_process()} cores per process)"
+    )
     set_seed(settings.seed)  # identical initial weights on every process
     exp: Experiment = fdl.build(cfg)
     model = exp.model
@@ -141,6 +148,7 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
         "history": history,
         "work_dir": str(work_dir),
         "num_processes": accelerator.num_processes,
+        "num_threads": threads,
         "distributed_type": str(accelerator.distributed_type).split(".")[-1],
     }
 

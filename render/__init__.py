@@ -6,7 +6,8 @@ P points, C channels.
 """
 
 from render.gaussians import GaussianRenderOutput, rasterize_gaussians
-from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb
+from render.grid import GridField, grid_spacing, sample_grid
+from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb, strided_pixel_grid
 from render.volume import (
     DensityRenderOutput,
     FieldSamples,
@@ -21,11 +22,15 @@ from render.volume import (
 )
 
 __all__ = [
+    "GridField",
+    "grid_spacing",
+    "sample_grid",
     "GaussianRenderOutput",
     "rasterize_gaussians",
     "Rays",
     "pixel_rays",
     "jittered_pixel_grid",
+    "strided_pixel_grid",
     "ray_aabb",
     "FieldSamples",
     "VolumeRenderOutput",

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "ray_aabb"]
+__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "strided_pixel_grid", "ray_aabb"]
 
 
 @dataclass
@@ -110,7 +110,9 @@ def jittered_pixel_grid(
     Raises:
         ValueError: if a size is not positive.
 
-    Source: SelfOcc (Huang et al. 2024), jittered ray grid per camera.
+    Source: stratified (per-cell jittered) pixel sampling. SelfOcc (Huang et al. 2024) does
+    not jitter per cell: its "cellular" ray sampler draws one random stride and offset of a
+    regular sub-grid per step (:func:`strided_pixel_grid`).
     """
     if min(height, width, rows, cols) <= 0:
         raise ValueError(
@@ -128,6 +130,62 @@ def jittered_pixel_grid(
         offset = torch.full((rows, cols, 2), 0.5, device=device, dtype=dtype)
     u = u0 + offset[..., 0] * cell_w
     v = v0 + offset[..., 1] * cell_h
+    return torch.stack([u, v], dim=-1).reshape(rows * cols, 2)
+
+
+def strided_pixel_grid(
+    height: int,
+    width: int,
+    rows: int,
+    cols: int,
+    generator: torch.Generator | None = None,
+    random: bool = True,
+    min_scale: float = 0.5,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Float[Tensor, "R 2"]:
+    """A ``rows x cols`` regular sub-grid with one random stride and offset per call.
+
+    Per axis the stride is ``scale * size / count`` with ``scale`` uniform in
+    ``[min_scale, 1]`` and the grid's offset uniform over the room left, so the whole grid
+    stays inside the image: ``u_j = offset + stride (j + 0.5)``. Neighbouring rays keep a
+    constant spacing (SSIM patches on the ray grid stay regular) while the covered pixels
+    change every step. Without ``random``: the cell centres (as :func:`jittered_pixel_grid`
+    without jitter).
+
+    Args:
+        height, width: image size, pixels.
+        rows, cols: grid size (SelfOcc: 48 x 100 per camera).
+        generator: random generator.
+        random: draw stride and offset (training) or take the cell centres.
+        min_scale: smallest stride as a fraction of ``size / count``, in (0, 1].
+        device, dtype: of the returned tensor.
+
+    Returns:
+        ``uv`` ``[rows * cols, 2]``, row-major, ``u`` = column, ``v`` = row.
+
+    Raises:
+        ValueError: if a size is not positive or ``min_scale`` not in (0, 1].
+
+    Source: SelfOcc (Huang et al. 2024) ``ray_sampler.py``, "cellular" mode (one random
+    down-sampling stride and offset per step); our reading of it, not its code.
+    """
+    if min(height, width, rows, cols) <= 0 or not 0 < min_scale <= 1:
+        raise ValueError(
+            f"strided_pixel_grid: need positive sizes and 0 < min_scale <= 1, got height={height}, "
+            f"width={width}, rows={rows}, cols={cols}, min_scale={min_scale}"
+        )
+    axes = []
+    for size, count in ((width, cols), (height, rows)):
+        cell = size / count
+        if random:
+            r = torch.rand(2, generator=generator, device=device, dtype=dtype)
+            stride = cell * (min_scale + (1.0 - min_scale) * r[0])
+            offset = (size - stride * count) * r[1]
+        else:
+            stride, offset = torch.tensor(cell, device=device, dtype=dtype), torch.tensor(0.0, device=device, dtype=dtype)
+        axes.append(offset + stride * (torch.arange(count, device=device, dtype=dtype) + 0.5))
+    v, u = torch.meshgrid(axes[1], axes[0], indexing="ij")
     return torch.stack([u, v], dim=-1).reshape(rows * cols, 2)
 
 

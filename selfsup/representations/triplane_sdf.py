@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from selfsup.grid import OCC3D_GRID, VoxelGrid
+from selfsup.representations.hash_grid import make_hash_encoding
 from selfsup.losses.photometric import project_points
 
 
@@ -77,6 +78,13 @@ class TriplaneSDF(nn.Module):
             same for any scale (the last layer's SDF row is divided by it); a larger scale
             lets the optimiser move surfaces by metres in few steps (Adam's step on the
             last layer is about ``lr`` in output units, so ``lr * sdf_scale`` in metres).
+        hash_levels: levels of a multi-resolution hash grid (Instant-NGP) over the box whose
+            features are appended to the TPV features before the MLP (scene detail finer
+            than the planes); 0 = none.
+        hash_backend: "torch" (``selfsup.representations.hash_grid.HashGridEncoding``) or
+            "tcnn" (tinycudann, CUDA only, imported only when selected).
+        hash_features, hash_log2_size, hash_base_resolution, hash_growth: features per
+            level, log2 table size, coarsest resolution and per-level growth of that grid.
 
     Raises:
         ValueError: on an unknown ``sdf_bias`` or a non-positive size.
@@ -105,6 +113,12 @@ class TriplaneSDF(nn.Module):
         bias_radius: float = 25.0,
         outside_sdf: float = 100.0,
         sdf_scale: float = 1.0,
+        hash_levels: int = 0,
+        hash_backend: str = "torch",
+        hash_features: int = 2,
+        hash_log2_size: int = 17,
+        hash_base_resolution: int = 16,
+        hash_growth: float = 1.5,
     ):
         super().__init__()
         if sdf_bias not in ("none", "ground", "ground_cylinder"):
@@ -149,8 +163,14 @@ class TriplaneSDF(nn.Module):
 
         pe_dim = 3 + 6 * pe_frequencies
         out_dim = 1 + (3 if rgb else 0) + num_classes
+        self.hash = None
+        if hash_levels > 0:
+            self.hash = make_hash_encoding(
+                hash_backend, levels=hash_levels, features_per_level=hash_features,
+                log2_hashmap_size=hash_log2_size, base_resolution=hash_base_resolution, growth=hash_growth,
+            )
         layers: list[nn.Module] = []
-        width = plane_channels + pe_dim
+        width = plane_channels + pe_dim + (self.hash.out_dim if self.hash is not None else 0)
         for _ in range(num_layers):
             # Smooth activation (NeuS): the SDF needs useful first and second derivatives.
             layers += [nn.Linear(width, hidden), nn.Softplus(beta=100)]
@@ -261,8 +281,13 @@ class TriplaneSDF(nn.Module):
 
         Args and Raises: as :meth:`lift`.
         """
+        return self.planes_from_lifted(self.lift(features, strides, K, T_ego_cam, image_hw))
+
+    def planes_from_lifted(self, cells: dict[str, Tensor]) -> TPVPlanes:
+        """The learned part of :meth:`build`: 1x1 projection, cell embedding, residual block,
+        applied to the output of :meth:`lift`."""
         planes = {}
-        for name, cell in self.lift(features, strides, K, T_ego_cam, image_hw).items():
+        for name, cell in cells.items():
             x = self.project[name](cell) + self.embed[name]
             planes[name] = x + self.refine[name](x)
         return TPVPlanes(**planes)
@@ -286,6 +311,14 @@ class TriplaneSDF(nn.Module):
     def _unit(self, xyz_ego: Tensor) -> Tensor:
         """Points normalised to [-1, 1] over the box (grid_sample coordinates)."""
         return 2.0 * (xyz_ego - self.lower) / (self.upper - self.lower) - 1.0
+
+    def _decoder_input(self, feat: Tensor, unit: Tensor) -> Tensor:
+        """TPV features, positional encoding and (optional) hash features of points."""
+        parts = [feat, self._positional_encoding(unit)]
+        if self.hash is not None:
+            flat = (0.5 * (unit + 1.0)).reshape(-1, 3)
+            parts.append(self.hash(flat).reshape(*unit.shape[:-1], -1).to(feat.dtype))
+        return torch.cat(parts, dim=-1)
 
     def sample_planes(self, planes: TPVPlanes, xyz_ego: Float[Tensor, "B N 3"]) -> Float[Tensor, "B N C"]:
         """Sum of the three planes' bilinear samples at the points' projections (border
@@ -320,10 +353,50 @@ class TriplaneSDF(nn.Module):
         """
         unit = self._unit(xyz_ego)
         feat = self.sample_planes(planes, xyz_ego)
-        out = self.decoder(torch.cat([feat, self._positional_encoding(unit.clamp(-1.0, 1.0))], dim=-1))
+        out = self.decoder(self._decoder_input(feat, unit.clamp(-1.0, 1.0)))
         sdf = self.sdf_scale * out[..., 0] + self.bias(xyz_ego)
         outside = (unit.abs() > 1.0).any(dim=-1)
         sdf = torch.where(outside, torch.full_like(sdf, self.outside_sdf), sdf)
         rgb = torch.sigmoid(out[..., 1:4]) if self.rgb else None
         logits = out[..., 1 + 3 * self.rgb :] if self.num_classes else None
         return sdf, rgb, logits
+
+    def decode_grid(
+        self, planes: TPVPlanes, shape: tuple[int, int, int]
+    ) -> tuple[Float[Tensor, "B X Y Z"], Float[Tensor, "B C X Y Z"]]:
+        """Decode the field once at the cell centres of a ``shape`` grid over the box.
+
+        Each plane is resampled to the grid (bilinear, ``align_corners=False``: the same
+        cell-centre convention as :meth:`sample_planes`, so at a centre this equals
+        :meth:`query`), the three planes are broadcast-summed (TPV) and the MLP decodes
+        every cell. SelfOcc decodes its TPV the same way and reads ray samples by trilinear
+        lookup (``render.grid``).
+
+        Args:
+            planes: from :meth:`build`, batch B.
+            shape: cells along (x, y, z).
+
+        Returns:
+            ``(sdf, features)``: SDF in metres (bias included) and the other channels,
+            colour in [0, 1] first (if ``rgb``) then semantic logits, ``C = 3 rgb + K``.
+        """
+        X, Y, Z = shape
+        xy = F.interpolate(planes.xy, size=(X, Y), mode="bilinear", align_corners=False)
+        xz = F.interpolate(planes.xz, size=(X, Z), mode="bilinear", align_corners=False)
+        yz = F.interpolate(planes.yz, size=(Y, Z), mode="bilinear", align_corners=False)
+        feat = xy[..., None] + xz[:, :, :, None, :] + yz[:, :, None, :, :]  # [B C X Y Z]
+        axes = [self._cell_centres(a, n) for a, n in enumerate(shape)]
+        xyz = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [X Y Z 3]
+        B = feat.shape[0]
+        unit = self._unit(xyz).expand(B, *xyz.shape)
+        inputs = self._decoder_input(feat.permute(0, 2, 3, 4, 1), unit)
+        out = self.decoder(inputs)  # [B X Y Z O]
+        sdf = self.sdf_scale * out[..., 0] + self.bias(xyz)
+        parts = []
+        if self.rgb:
+            parts.append(torch.sigmoid(out[..., 1:4]))
+        if self.num_classes:
+            parts.append(out[..., 1 + 3 * self.rgb :])
+        rest = torch.cat(parts, dim=-1) if parts else out[..., :0]
+        return sdf, rest.permute(0, 4, 1, 2, 3)
+

@@ -72,7 +72,9 @@ class EvalSettings:
     Attributes:
         depth_hw: (rows, cols) of the rendered depth image; LiDAR points are projected
             into it (SelfOcc evaluates at 450 x 800 for 900 x 1600 nuScenes images).
-        min_depth, max_depth: evaluation range in metres (SelfOcc: 1e-3 to 80).
+        min_depth, max_depth: LiDAR points with camera depth in (min_depth, max_depth)
+            metres count (SelfOcc keeps points beyond 1 m and clamps predictions to
+            [1e-3, 80]; see ``eval.depth`` for its full convention).
     """
 
     depth_hw: tuple[int, int] = (450, 800)

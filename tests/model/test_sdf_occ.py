@@ -121,3 +121,45 @@ def test_semantic_term_uses_labels_when_the_batch_has_them(batch):
     assert torch.isfinite(out.terms["semantic"]) and out.terms["semantic"] > 0
     out.loss.backward()
     assert model.representation.decoder[-1].weight.grad[4:].abs().sum() > 0  # semantic rows
+
+
+def test_grid_field_trains_without_double_backward_and_matches_the_decoder(batch):
+    model = _model(field_resolution=(32, 32, 8))
+    model.train()
+    out = model(batch)
+    out.loss.backward()
+    assert {"photometric", "rgb", "eikonal", "hessian"} <= set(out.terms)
+    assert model.representation.embed["xy"].grad.abs().sum() > 0
+    assert model.representation.decoder[0].weight.grad.abs().sum() > 0
+    # Decoded on the Occ3D grid itself, grid lookups at voxel centres are the decoder's values.
+    exact = _model(field_resolution=(200, 200, 16)).eval()
+    per_point = _model().eval()
+    with torch.no_grad():
+        a, b = exact.predict_occupancy(batch), per_point.predict_occupancy(batch)
+    assert (a == b).float().mean() > 0.999
+
+
+def test_frozen_encoder_gets_no_gradient_and_evaluates_like_training(batch):
+    model = _model(train_encoder=False, field_resolution=(32, 32, 8))
+    model.train()
+    model(batch).loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.representation.embed["xy"].grad is not None
+    with torch.no_grad():
+        train_planes = model.build_planes(batch)
+        model.eval()
+        eval_planes = model.build_planes(batch)
+    assert torch.equal(train_planes.xy, eval_planes.xy)
+
+
+def test_depth_search_term_and_strided_rays(batch):
+    model = _model(
+        field_resolution=(32, 32, 8), search_candidates=16, ray_sampling="strided", cos_anneal_steps=10,
+        loss_weights=dict(search=0.5),
+    )
+    model.train()
+    out = model(batch)
+    assert out.terms["search"] > 0 and 0 < out.terms["search_confident"] <= 1
+    assert model.renderer.cos_anneal_ratio == 0.0 and int(model.train_step) == 1
+    model(batch)
+    assert model.renderer.cos_anneal_ratio == pytest.approx(0.1)

@@ -134,7 +134,7 @@ def predict_labels(model, data):
     from selfsup.data.frames import collate_frames
 
     with torch.no_grad():
-        return model.predict_occupancy(collate_frames([data[0]]))[0].cpu().numpy()
+        return model.predict_occupancy(model.encode(collate_frames([data[0]]))).labels[0].cpu().numpy()
 
 
 # ---------------------------------------------------------------------------- depth bands

@@ -1,42 +1,43 @@
 """SelfOcc-style self-supervised occupancy model: image encoder -> TPV SDF -> NeuS rendering.
 
-Training renders a grid of rays per camera of the current frame (t = 0) through
-the SDF tri-plane and supervises it by reprojecting the rendered sample points into the
-temporal neighbours' images (plus rendered-colour, eikonal and smoothness terms, optional
-LiDAR depth and semantics). Everything is in the ego frame of the current frame, metres.
+Implements the staged contract of ``selfsup.model_api``: ``encode`` lifts the current
+frame's (t = 0) image features into TPV planes (:class:`TPVScene`), ``render`` ray-marches
+the SDF with the NeuS renderer at any pixels (rays clipped to the representation's box and
+``[near, far]``), ``predict_occupancy`` thresholds the SDF at the voxel centres, and the
+regularizers are the eikonal and second-order smoothness terms. Training renders a
+``rays_hw`` grid per camera of the current frame (jittered per cell, or SelfOcc's randomly
+scaled and offset sub-grid) and scores it with the shared objectives
+(``selfsup.objectives``): photometric reprojection of the rendered sample points into the
+temporal neighbours, rendered colour, optional depth (LiDAR or pseudo) and semantics,
+and optionally the non-local photometric depth search (``selfsup.losses.stereo``).
+
+Two fields: the TPV decoder queried at every ray sample (autograd gradients at the samples,
+a double backward for the eikonal term), or, with ``field_resolution``, the field decoded
+once per step on a dense grid (SelfOcc's way) and read by trilinear lookups
+(``render.grid``), the NeuS slope taken along the ray and the eikonal / Hessian terms as
+finite differences on the grid. Everything is in the ego frame of the current frame, metres.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from jaxtyping import Float, UInt8
+from jaxtyping import Float
 from torch import Tensor
 
 from render.grid import GridField, grid_spacing, sample_grid
 from render.rays import jittered_pixel_grid, pixel_rays, ray_aabb, strided_pixel_grid
-from render.volume import FieldSamples, NeuSRenderer, VolumeRenderOutput
+from render.volume import FieldSamples, NeuSRenderer
 from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
-from selfsup.losses import (
-    axis_offsets,
-    depth_l1_loss,
-    eikonal_loss,
-    grid_eikonal_loss,
-    grid_hessian_loss,
-    hessian_loss,
-    masked_mean,
-    project_points,
-    reprojection_loss,
-    rgb_loss,
-    sample_image,
-    semantic_loss,
-    sparse_depth_grid,
-)
+from selfsup.losses import axis_offsets, eikonal_loss, grid_eikonal_loss, grid_hessian_loss, hessian_loss, masked_mean
 from selfsup.losses.stereo import inverse_depth_candidates, photometric_depth_search
-from selfsup.model_api import ModelOutput, OccupancyModel
+from selfsup.model_api import OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene, read_nearest
+from selfsup.objectives import depth_objective, photometric_objective, rgb_objective, semantic_objective
 from selfsup.representations.triplane_sdf import TPVPlanes, TriplaneSDF
 from selfsup.voxelizer import voxelize_field
 
@@ -51,14 +52,23 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "semantic": 0.1,
     "search": 0.0,
 }
+SDF_REGULARIZERS = ("eikonal", "hessian")
 
 
-def _read_nearest(images: Tensor, uv: Float[Tensor, "R 2"]) -> Tensor:
-    """Nearest-pixel values ``[N, R]`` of ``images [N, H, W]`` (masks, labels) at ``uv``."""
-    height, width = images.shape[-2:]
-    col = uv[:, 0].floor().long().clamp(0, width - 1)
-    row = uv[:, 1].floor().long().clamp(0, height - 1)
-    return images[:, row, col]
+def _no_depth_source(views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
+    """The "depth" objective of ``depth_source="none"``: a positive weight is refused."""
+    raise ValueError("SDFOcc: the depth term needs depth_source='lidar' or 'pseudo'")
+
+
+@dataclass
+class TPVScene(Scene):
+    """The SDF tri-plane state of a batch: ``planes`` (``TPVPlanes``, batch B) and, for a
+    grid-decoded field, ``sdf_grid`` ``[B X Y Z]`` (metres) and ``feature_grid``
+    ``[B C X Y Z]`` (colour then semantic logits) on ``field_resolution`` cells over the box."""
+
+    planes: TPVPlanes
+    sdf_grid: Tensor | None = None
+    feature_grid: Tensor | None = None
 
 
 class SDFOcc(OccupancyModel):
@@ -70,46 +80,53 @@ class SDFOcc(OccupancyModel):
             ``out_channels``.
         renderer: NeuS volume renderer.
         rays_hw: (rows, cols) of the training ray grid per camera (SelfOcc: 48 x 100).
-        ray_sampling: "jitter": one ray per grid cell at a random point of the cell;
-            "strided": SelfOcc's regular sub-grid with a random stride and offset per step
-            (``render.rays.strided_pixel_grid``).
-        photometric_reduction: "min" (monodepth2, SelfOcc's KITTI configs) or "mean"
-            (SelfOcc's nuScenes configs) of the reprojection errors over the sources.
-        cos_anneal_steps: NeuS cosine anneal ratio ramped 0 -> 1 over this many training
-            steps (SelfOcc: 5000); 0 = ratio 1 from the start.
-        loss_weights: weights of "photometric", "rgb", "eikonal", "hessian", "depth",
-            "semantic"; missing keys take ``DEFAULT_LOSS_WEIGHTS``.
+        loss_weights: weights of the objectives ("photometric", "rgb", "depth",
+            "semantic", any extra ``objectives``) and regularizers ("eikonal", "hessian");
+            missing keys take ``DEFAULT_LOSS_WEIGHTS`` (0 for extra objectives).
         near, far: rendering interval along each ray, metres, further clipped to the
             representation's box.
-        depth_source: "lidar" supervises rendered depth with the current frame's LiDAR
-            (``Frames.points_ego``); "none" disables the depth term.
+        depth_source: "lidar" (``Frames.points_ego`` of the current frame) or "pseudo"
+            (``Frames.depth_maps``) supervises the rendered depth with L1; "none" disables
+            the depth term.
+        objectives: extra or replacement objectives, name -> callable (see
+            ``selfsup.model_api``); the defaults are the shared photometric, rgb, depth (L1
+            on the expected depth from ``depth_source``) and semantic objectives.
         hessian_points: random sample points per batch element for the smoothness term.
         hessian_step: finite-difference step of the smoothness term, metres.
-        field_resolution: ``None``: the renderer queries the TPV decoder at every sample and
-            the eikonal / smoothness terms differentiate it there (double backward).
-            ``(X, Y, Z)``: the field is decoded once per step on that grid over the box
-            (SelfOcc's way), samples are trilinear lookups, the NeuS slope is taken along
-            the ray and the eikonal / Hessian terms are finite differences on the grid.
-        search_candidates: depth candidates per ray of the non-local photometric depth
-            search (``selfsup.losses.stereo``) whose confident hypotheses supervise the
-            rendered distance (term "search", an L1 of log distances); 0 = off.
-        search_near: nearest search candidate, metres.
-        search_patch: patch size of the search, pixels of the training images.
-        train_encoder: ``False`` freezes the image encoder (no gradient, no optimiser
-            state): with no pretrained weights, a randomly initialised encoder is a fixed
-            random feature extractor and the planes and decoder learn the scene.
         sdf_threshold: voxels with SDF <= this are occupied (metres).
         min_opacity: rendered depth is 0 where the ray opacity is below this; with 0
             (default, SelfOcc's convention) depth is never 0: the opacity-normalised
             expected distance clamped to the ray's ``[near, far]``.
+        field_resolution: ``None``: the renderer queries the TPV decoder at every sample.
+            ``(X, Y, Z)``: the field is decoded once per step on that grid over the box and
+            read by trilinear lookups; eikonal / Hessian by finite differences on the grid.
+        search_candidates: depth candidates per ray of the non-local photometric depth
+            search (``selfsup.losses.stereo``); its confident hypotheses supervise the
+            rendered distance (objective "search", L1 of log distances); needed when
+            ``loss_weights["search"] > 0``.
+        search_near: nearest search candidate, metres.
+        search_patch: patch size of the search, pixels of the training images.
+        train_encoder: ``False`` freezes the image encoder (no gradient): without pretrained
+            weights a randomly initialised encoder is a fixed random feature extractor and
+            the planes and decoder learn the scene; the lifted features are then computed
+            once per batch content and reused.
+        ray_sampling: "jitter" (one ray per grid cell, uniform in the cell) or "strided"
+            (SelfOcc: ``render.rays.strided_pixel_grid``).
+        cos_anneal_steps: NeuS cosine anneal ratio ramped 0 -> 1 over this many training
+            steps (SelfOcc: 5000); 0 = ratio 1 throughout.
+        photometric_reduction: "min" (monodepth2; SelfOcc's KITTI configs) or "mean"
+            (SelfOcc's nuScenes configs) of the reprojection errors over the sources.
 
     Raises:
         ValueError: unknown loss names, negative weights, a depth weight without a depth
             source, ``near >= far``, or mismatched channel counts.
 
-    Source: SelfOcc (Huang et al. 2024), Sec. 3 and its NeuS configuration; losses as
-    documented in ``selfsup.losses``.
+    Source: SelfOcc (Huang et al. 2024), Sec. 3 and its NeuS configuration; objectives as
+    documented in ``selfsup.objectives``.
     """
+
+    train_jitter = True
+    train_frames = "current"
 
     def __init__(
         self,
@@ -117,10 +134,11 @@ class SDFOcc(OccupancyModel):
         representation: TriplaneSDF,
         renderer: NeuSRenderer,
         rays_hw: tuple[int, int] = (48, 100),
-        loss_weights: dict[str, float] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
         near: float = 0.5,
         far: float = 60.0,
-        depth_source: Literal["none", "lidar"] = "none",
+        depth_source: Literal["none", "lidar", "pseudo"] = "none",
+        objectives: Mapping[str, Callable] | None = None,
         hessian_points: int = 1024,
         hessian_step: float = 0.2,
         sdf_threshold: float = 0.0,
@@ -135,17 +153,20 @@ class SDFOcc(OccupancyModel):
         photometric_reduction: Literal["min", "mean"] = "min",
     ):
         super().__init__()
-        weights = dict(DEFAULT_LOSS_WEIGHTS)
-        for key, value in (loss_weights or {}).items():
-            if key not in DEFAULT_LOSS_WEIGHTS:
-                raise ValueError(f"SDFOcc: unknown loss weight {key!r}; expected keys {sorted(DEFAULT_LOSS_WEIGHTS)}")
-            if value < 0:
-                raise ValueError(f"SDFOcc: loss weight {key!r} must be >= 0, got {value}")
-            weights[key] = float(value)
-        if depth_source not in ("none", "lidar"):
-            raise ValueError(f"SDFOcc: depth_source must be 'none' or 'lidar', got {depth_source!r}")
-        if weights["depth"] > 0 and depth_source == "none":
-            raise ValueError("SDFOcc: loss_weights['depth'] > 0 needs depth_source='lidar'")
+        if field_resolution is not None and (len(field_resolution) != 3 or min(field_resolution) < 3):
+            raise ValueError(f"SDFOcc: field_resolution must be 3 sizes >= 3, got {field_resolution}")
+        if (loss_weights or {}).get("search", 0) > 0 and search_candidates < 2:
+            raise ValueError("SDFOcc: loss_weights['search'] > 0 needs search_candidates >= 2")
+        if ray_sampling not in ("jitter", "strided"):
+            raise ValueError(f"SDFOcc: ray_sampling must be 'jitter' or 'strided', got {ray_sampling!r}")
+        if cos_anneal_steps < 0:
+            raise ValueError(f"SDFOcc: cos_anneal_steps must be >= 0, got {cos_anneal_steps}")
+        if photometric_reduction not in ("min", "mean"):
+            raise ValueError(f"SDFOcc: photometric_reduction must be 'min' or 'mean', got {photometric_reduction!r}")
+        if depth_source not in ("none", "lidar", "pseudo"):
+            raise ValueError(f"SDFOcc: depth_source must be 'none', 'lidar' or 'pseudo', got {depth_source!r}")
+        if (loss_weights or {}).get("depth", 0) > 0 and depth_source == "none" and "depth" not in (objectives or {}):
+            raise ValueError("SDFOcc: loss_weights['depth'] > 0 needs depth_source='lidar' or 'pseudo'")
         if not 0 <= near < far:
             raise ValueError(f"SDFOcc: need 0 <= near < far, got near={near}, far={far}")
         feat_channels = representation.project["xy"].in_channels
@@ -153,11 +174,27 @@ class SDFOcc(OccupancyModel):
             raise ValueError(
                 f"SDFOcc: encoder gives {encoder.out_channels} channels, representation expects {feat_channels}"
             )
+        defaults: dict[str, Callable] = {
+            "photometric": functools.partial(photometric_objective, reduction=photometric_reduction),
+            "rgb": rgb_objective,
+            "semantic": semantic_objective,
+            "search": self._search_objective,
+        }
+        if depth_source != "none":
+            defaults["depth"] = functools.partial(depth_objective, source=depth_source, norm="l1", on="expected")
+        else:
+            defaults["depth"] = _no_depth_source
+        defaults.update(objectives or {})
+        weights = dict(DEFAULT_LOSS_WEIGHTS)
+        if not representation.rgb:
+            weights["rgb"] = 0.0
+        if not representation.num_classes:
+            weights["semantic"] = 0.0
+        self.setup_objectives(defaults, loss_weights or {}, SDF_REGULARIZERS, weights)
         self.encoder = encoder
         self.representation = representation
         self.renderer = renderer
-        self.rays_hw = tuple(rays_hw)
-        self.loss_weights = weights
+        self.rays_hw = self.train_grid_hw = tuple(rays_hw)
         self.near = near
         self.far = far
         self.depth_source = depth_source
@@ -165,49 +202,27 @@ class SDFOcc(OccupancyModel):
         self.hessian_step = hessian_step
         self.sdf_threshold = sdf_threshold
         self.min_opacity = min_opacity
-        if field_resolution is not None and (len(field_resolution) != 3 or min(field_resolution) < 3):
-            raise ValueError(f"SDFOcc: field_resolution must be 3 sizes >= 3, got {field_resolution}")
         self.field_resolution = tuple(field_resolution) if field_resolution is not None else None
-        if weights["search"] > 0 and search_candidates < 2:
-            raise ValueError("SDFOcc: loss_weights['search'] > 0 needs search_candidates >= 2")
         self.search_candidates = search_candidates
         self.search_near = search_near
         self.search_patch = search_patch
         self.train_encoder = train_encoder
-        if ray_sampling not in ("jitter", "strided"):
-            raise ValueError(f"SDFOcc: ray_sampling must be 'jitter' or 'strided', got {ray_sampling!r}")
-        if cos_anneal_steps < 0:
-            raise ValueError(f"SDFOcc: cos_anneal_steps must be >= 0, got {cos_anneal_steps}")
-        self.ray_sampling = ray_sampling
-        self.cos_anneal_steps = cos_anneal_steps
-        if photometric_reduction not in ("min", "mean"):
-            raise ValueError(f"SDFOcc: photometric_reduction must be 'min' or 'mean', got {photometric_reduction!r}")
-        self.photometric_reduction = photometric_reduction
-        # Training steps seen (drives the cosine anneal; saved, so a resumed run continues).
-        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
         if not train_encoder:
             self.encoder.requires_grad_(False)
+        self.ray_sampling = ray_sampling
+        self.cos_anneal_steps = cos_anneal_steps
+        # Training steps seen (drives the cosine anneal; saved, so a resumed run continues).
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
 
-    # ------------------------------------------------------------------ helpers
-    def _batch_key(self, batch: Frames, what: str) -> tuple:
-        """Identifies a batch's inputs for the caches of frozen, parameter-free results."""
-        return (what, str(batch.tokens), tuple(batch.images.shape), float(batch.images.sum()),
-                float(batch.K.sum()), float(batch.T_ego_cam.sum()))
-
-    def _cached(self, key: tuple, compute: Callable):
-        """``compute()`` once per key (a few entries are kept; never saved)."""
-        cache = self.__dict__.setdefault("_frozen_cache", {})
-        if key not in cache:
-            if len(cache) >= 8:
-                cache.pop(next(iter(cache)))
-            cache[key] = compute()
-        return cache[key]
-
-    def build_planes(self, batch: Frames) -> TPVPlanes:
+    # ------------------------------------------------------------------ stages
+    def encode(self, batch: Frames) -> TPVScene:
         """Encode the current frame's images and lift them into the TPV planes.
 
-        With a frozen encoder the lifted features depend on the inputs only (the lifting is
-        parameter-free), so they are computed once per batch content and reused."""
+        Raises:
+            ValueError: if ``batch`` is not batched.
+        """
+        if not batch.batched:
+            raise ValueError("SDFOcc.encode: expected a batched Frames (use collate_frames)")
         images = batch.images[:, 0]
         rep = self.representation
 
@@ -223,10 +238,39 @@ class SDFOcc(OccupancyModel):
             return rep.lift(features, self.encoder.strides, batch.K[:, 0], batch.T_ego_cam[:, 0], tuple(images.shape[-2:]))
 
         if self.train_encoder:
-            return rep.planes_from_lifted(lifted())
-        with torch.no_grad():
-            cells = self._cached(self._batch_key(batch, "lift"), lifted)
-        return rep.planes_from_lifted(cells)
+            planes = rep.planes_from_lifted(lifted())
+        else:
+            with torch.no_grad():
+                cells = self._cached(self._batch_key(batch, "lift"), lifted)
+            planes = rep.planes_from_lifted(cells)
+        if self.field_resolution is None:
+            return TPVScene(planes=planes)
+        sdf, feats = rep.decode_grid(planes, self.field_resolution)
+        return TPVScene(planes=planes, sdf_grid=sdf, feature_grid=feats)
+
+    def _batch_key(self, batch: Frames, what: str) -> tuple:
+        """Identifies a batch's inputs for the caches of input-only (parameter-free) results."""
+        return (what, str(batch.tokens), tuple(batch.images.shape), float(batch.images.sum()),
+                float(batch.K.sum()), float(batch.T_ego_cam.sum()))
+
+    def _cached(self, key: tuple, compute: Callable):
+        """``compute()`` once per key (a few entries are kept in memory; never saved)."""
+        cache = self.__dict__.setdefault("_input_cache", {})
+        if key not in cache:
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[key] = compute()
+        return cache[key]
+
+    def _fields(self, scene: TPVScene, channels: int | None) -> list[Callable]:
+        """One renderer field per batch element: grid lookups (the first ``channels`` feature
+        channels, all for ``None``) or the TPV decoder."""
+        batch = scene.planes.xy.shape[0]
+        if scene.sdf_grid is None:
+            return [self._field(scene.planes.select(b)) for b in range(batch)]
+        lower, upper = self.representation.grid.box(scene.sdf_grid.device)
+        feats = scene.feature_grid if channels is None else scene.feature_grid[:, :channels]
+        return [GridField(scene.sdf_grid[b], feats[b], lower, upper, self.representation.outside_sdf) for b in range(batch)]
 
     def _field(self, planes: TPVPlanes) -> Callable[[Tensor], FieldSamples]:
         """The renderer's field callable for one batch element's planes (batch dim 1)."""
@@ -239,41 +283,39 @@ class SDFOcc(OccupancyModel):
 
         return field
 
-    def decode_grid(self, planes: TPVPlanes) -> tuple[Tensor, Tensor]:
-        """The field on the ``field_resolution`` grid: SDF ``[B X Y Z]`` and features ``[B C X Y Z]``."""
-        return self.representation.decode_grid(planes, self.field_resolution)
-
-    def fields(
-        self, planes: TPVPlanes, grid: tuple[Tensor, Tensor] | None = None, features: int | None = None
-    ) -> list[Callable]:
-        """One renderer field per batch element: grid lookups when ``field_resolution`` is
-        set (``grid`` from :meth:`decode_grid`, decoded here if not given; only the first
-        ``features`` feature channels are read, all for ``None``), else the TPV decoder."""
-        batch = planes.xy.shape[0]
-        if self.field_resolution is None:
-            return [self._field(planes.select(b)) for b in range(batch)]
-        sdf, feat = grid if grid is not None else self.decode_grid(planes)
-        lower, upper = self.representation.grid.box(sdf.device)
-        feat = feat if features is None else feat[:, :features]
-        return [GridField(sdf[b], feat[b], lower, upper, self.representation.outside_sdf) for b in range(batch)]
-
-    def _render(
+    def render(
         self,
-        fields: list[Callable],
+        scene: TPVScene,
         K: Float[Tensor, "B V 3 3"],
         T_ego_cam: Float[Tensor, "B V 4 4"],
-        uv: Float[Tensor, "R 2"],
-    ) -> tuple[list[VolumeRenderOutput], Float[Tensor, "B V R"], object, Tensor]:
-        """Render the rays through ``uv`` of every camera; one output per batch element
-        (rays ordered camera-major), each ray's depth per unit distance, the rays and where
-        each leaves the box."""
+        grid: PixelGrid,
+        times: Float[Tensor, "B"] | None = None,
+        features: bool = True,
+    ) -> RenderedViews:
+        """NeuS rendering of the rays through ``grid.pixels`` of every camera (the field is
+        static: ``times`` is ignored). Depth is the opacity-normalised expected distance
+        times each ray's depth per unit distance (SelfOcc); ``sample_points`` are detached;
+        ``extras["sdf_gradients"]`` holds the SDF gradients at the samples (eikonal, decoder
+        field only), ``extras["dist"]`` the distance along each ray and
+        ``extras["ray_far"]`` where it leaves the box (metres). ``features=False`` renders
+        geometry only (grid field: no colour / logits are read); a grid field reads the
+        semantic channels only when the semantic objective is on."""
         batch, views = K.shape[:2]
+        R = grid.num_rays
+        uv = grid.pixels.to(K.device)
         rays = pixel_rays(K, T_ego_cam, uv.expand(batch, views, -1, -1))
         lower, upper = self.representation.grid.box(uv.device)
         t_near, t_far, _ = ray_aabb(rays.origins, rays.directions, lower, upper)
         near = t_near.clamp_min(self.near)
         far = torch.minimum(t_far, torch.full_like(t_far, self.far))
-        grad = self.field_resolution is None
+        rep = self.representation
+        if not features:
+            channels = 0
+        elif self.loss_weights.get("semantic", 0) > 0 and rep.num_classes:
+            channels = None
+        else:
+            channels = 3 * rep.rgb
+        fields = self._fields(scene, channels)
         outputs = [
             self.renderer(
                 fields[b],
@@ -281,136 +323,103 @@ class SDFOcc(OccupancyModel):
                 rays.directions[b].reshape(-1, 3),
                 near[b].reshape(-1),
                 far[b].reshape(-1),
-                compute_gradients=grad,
+                compute_gradients=scene.sdf_grid is None,
             )
             for b in range(batch)
         ]
-        return outputs, rays.depth_per_dist, rays, far
 
-    # ------------------------------------------------------------------ training
-    def forward(self, batch: Frames) -> ModelOutput:
-        """One training step's losses on the current frame (t = 0).
+        def stack(name: str) -> Tensor:
+            return torch.stack([getattr(o, name) for o in outputs]).reshape(batch, views, R, *getattr(outputs[0], name).shape[1:])
 
-        Renders a ``rays_hw`` ray grid (jittered in training mode) per camera. Terms (all
-        unweighted in ``ModelOutput.terms``): "photometric" (reprojection into frames
-        t >= 1, if any), "rgb" (if the representation has colour), "eikonal", "hessian",
-        "depth" (``depth_source="lidar"``), "semantic" (only when the batch carries
-        ``Frames.semantic_maps``, pseudo labels of the current frame's images with 255 =
-        unlabelled); logged extras:
-        "depth_mean" (metres), "opacity_mean", "inv_s". Image "depth_front": rendered depth
-        of camera 0 of the first sample on the ray grid, divided by ``far``.
+        opacity = stack("opacity")
+        dist = torch.stack([o.normalized_dist() for o in outputs]).reshape(batch, views, R)
+        # SelfOcc: the normalised expected distance clipped to the ray's sample range.
+        dist = torch.minimum(dist.clamp_min(self.near), far.reshape(batch, views, R).clamp_min(self.near))
+        feats = stack("features")
+        grads = [o.sdf_gradients for o in outputs]
+        extras = {"sdf_gradients": torch.stack(grads)} if all(g is not None for g in grads) else {}
+        extras["dist"] = dist
+        extras["ray_far"] = far.reshape(batch, views, R)
+        return RenderedViews(
+            depth=dist * rays.depth_per_dist,
+            opacity=opacity,
+            pixels=uv.expand(batch, views, -1, -1),
+            image_hw=grid.image_hw,
+            grid_hw=grid.grid_hw,
+            rgb=feats[..., :3] if rep.rgb and feats.shape[-1] >= 3 else None,
+            semantic_logits=feats[..., 3 * rep.rgb :] if rep.num_classes and feats.shape[-1] > 3 * rep.rgb else None,
+            sample_points=stack("points").detach(),
+            sample_weights=stack("weights"),
+            extras=extras,
+        )
 
-        Raises:
-            ValueError: if ``batch`` is not batched.
-        """
-        if not batch.batched:
-            raise ValueError("SDFOcc.forward: expected a batched Frames (use collate_frames)")
-        B, T, V, _, H, W = batch.images.shape
-        rows, cols = self.rays_hw
-        device = batch.images.device
-        if self.ray_sampling == "strided":
-            uv = strided_pixel_grid(H, W, rows, cols, random=self.training, device=device)  # [R 2]
-        else:
-            uv = jittered_pixel_grid(H, W, rows, cols, jitter=self.training, device=device)  # [R 2]
+    def regularizers(self, scene: TPVScene, views: list[RenderedViews]) -> dict[str, Tensor]:
+        """"eikonal" at the rendered samples (when gradients were computed) and "hessian",
+        the finite-difference smoothness at ``hessian_points`` random rendered samples per
+        batch element (stencils leaving the box do not count)."""
+        out: dict[str, Tensor] = {}
+        if scene.sdf_grid is not None:
+            spacing = tuple(float(x) for x in grid_spacing(self.field_resolution, *self.representation.grid.box()))
+            out["eikonal"] = grid_eikonal_loss(scene.sdf_grid, spacing)
+            out["hessian"] = grid_hessian_loss(scene.sdf_grid, spacing)
+            return out
+        grads = [v.extras["sdf_gradients"] for v in views if "sdf_gradients" in v.extras]
+        if grads:
+            out["eikonal"] = eikonal_loss(grads[0] if len(grads) == 1 else torch.cat([g.flatten(0, -2) for g in grads]))
+        points = views[0].sample_points
+        losses = []
+        lower, upper = self.representation.grid.box(points.device)
+        for b in range(points.shape[0]):
+            flat = points[b].reshape(-1, 3)
+            idx = torch.randint(flat.shape[0], (min(self.hessian_points, flat.shape[0]),), device=flat.device)
+            stencil = axis_offsets(flat[idx], self.hessian_step)  # [P 7 3]
+            inside = ((stencil >= lower) & (stencil <= upper)).all(dim=-1).all(dim=-1)
+            sdf, _, _ = self.representation.query(scene.planes.select(b), stencil.reshape(1, -1, 3))
+            losses.append(hessian_loss(sdf.reshape(-1, 7), self.hessian_step, inside))
+        out["hessian"] = torch.stack(losses).mean()
+        return out
+
+    def statistics(self, scene: TPVScene, views: list[RenderedViews], batch: Frames) -> dict[str, Tensor]:
+        stats = {"inv_s": self.renderer.inv_s.detach(), "cos_anneal": torch.tensor(float(self.renderer.cos_anneal_ratio))}
+        if "search_confident" in self.__dict__:
+            stats["search_confident"] = self.__dict__.pop("search_confident")
+        return stats
+
+    # ------------------------------------------------------------------ training rays
+    def training_views(self, scene: TPVScene, batch: Frames) -> list[RenderedViews]:
+        """The current frame's cameras on the ``rays_hw`` grid: per-cell jitter or SelfOcc's
+        strided sub-grid (``ray_sampling``); advances the cosine anneal in training mode."""
         if self.training:
             if self.cos_anneal_steps:
                 self.renderer.cos_anneal_ratio = min(1.0, float(self.train_step) / self.cos_anneal_steps)
             self.train_step += 1
-        planes = self.build_planes(batch)
-        grid = self.decode_grid(planes) if self.field_resolution is not None else None
-        rep = self.representation
-        labels = batch.semantic_maps[:, 0] if batch.semantic_maps is not None else None
-        use_semantics = labels is not None and rep.num_classes > 0 and self.loss_weights["semantic"] > 0
-        # Grid lookups read only the channels some loss uses (colour; logits with labels).
-        fields = self.fields(planes, grid, None if use_semantics else 3 * rep.rgb)
-        outputs, depth_per_dist, rays, ray_far = self._render(fields, batch.K[:, 0], batch.T_ego_cam[:, 0], uv)
-        S = self.renderer.num_samples
-        N = B * V
+        if self.ray_sampling == "jitter":
+            return super().training_views(scene, batch)
+        H, W = batch.images.shape[-2:]
+        device = batch.images.device
+        pixels = strided_pixel_grid(H, W, *self.rays_hw, random=self.training, device=device)
+        grid = PixelGrid((H, W), self.rays_hw, pixels, self.training)
+        return [self.render(scene, batch.K[:, 0], batch.T_ego_cam[:, 0], grid)]
 
-        def grid_image(x: Tensor) -> Tensor:  # [B, V*R, C] -> [N, C, rows, cols]
-            return x.reshape(N, rows, cols, -1).permute(0, 3, 1, 2)
-
-        weights = torch.stack([o.weights for o in outputs])  # [B VR S]
-        points = torch.stack([o.points for o in outputs]).detach()  # [B VR S 3]
-        features = torch.stack([o.features for o in outputs])  # [B VR C]
-        opacity = torch.stack([o.opacity for o in outputs]).reshape(B, V, -1)
-        dist = torch.stack([o.normalized_dist() for o in outputs]).reshape(B, V, -1)
-        depth = (dist * depth_per_dist).reshape(N, rows, cols)
-
-        uv_n = uv.expand(N, -1, -1)
-        target, _ = sample_image(batch.images[:, 0].flatten(0, 1), uv_n)  # [N R 3]
-        target = grid_image(target)
-        valid = _read_nearest(batch.valid_masks.flatten(0, 1), uv).reshape(N, rows, cols)
-
-        terms: dict[str, Tensor] = {}
-        w_grid = weights.reshape(N, rows, cols, S).permute(0, 3, 1, 2)  # [N S rows cols]
-        if T > 1:
-            T_ego0_cam = batch.T_ego0_cam()
-            colours, in_view, identity = [], [], []
-            pts = points.reshape(N, -1, 3)
-            for t in range(1, T):
-                uv_src, _, in_front = project_points(pts, batch.K[:, t].flatten(0, 1), T_ego0_cam[:, t].flatten(0, 1))
-                src = batch.images[:, t].flatten(0, 1)
-                c, inside = sample_image(src, uv_src)  # [N R*S 3]
-                colours.append(c.reshape(N, rows, cols, S, 3).permute(0, 3, 4, 1, 2))
-                in_view.append((in_front & inside).reshape(N, rows, cols, S).permute(0, 3, 1, 2))
-                identity.append(grid_image(sample_image(src, uv_n)[0]))
-            # A neighbour clamped to the current frame (sequence end) is no photometric source.
-            source_valid = (batch.frame_offsets[:, 1:] != 0).T.repeat_interleave(V, dim=1)  # [T-1 N]
-            terms["photometric"] = reprojection_loss(
-                torch.stack(colours), w_grid, torch.stack(in_view), target, torch.stack(identity), valid,
-                source_valid=source_valid, reduction=self.photometric_reduction,
-            )
-        rep = self.representation
-        if rep.rgb:
-            terms["rgb"] = rgb_loss(grid_image(features[..., :3]), target, valid)
-        if grid is not None:
-            spacing = tuple(float(x) for x in grid_spacing(self.field_resolution, *rep.grid.box()))
-            terms["eikonal"] = grid_eikonal_loss(grid[0], spacing)
-            terms["hessian"] = grid_hessian_loss(grid[0], spacing)
-        else:
-            grads = [o.sdf_gradients for o in outputs]
-            if all(g is not None for g in grads):
-                terms["eikonal"] = eikonal_loss(torch.stack(grads))
-            terms["hessian"] = self._hessian_term(planes, points)
-        if self.loss_weights["search"] > 0 and T > 1:
-            found_dist, found_ok = self._cached(self._batch_key(batch, "search"), lambda: self.search_depth(batch))
-            target_dist = _read_nearest(found_dist, uv)  # [N R], the search at the ray's pixel
-            keep = _read_nearest(found_ok, uv) & valid.reshape(N, -1)
-            rendered = dist.reshape(N, -1).clamp_min(1e-3)
-            terms["search"] = masked_mean((rendered.log() - target_dist.log()).abs(), keep)
-            extra_logs = {"search_confident": keep.float().mean()}
-        else:
-            extra_logs = {}
-        if self.depth_source == "lidar":
-            lidar = torch.stack(
-                [
-                    sparse_depth_grid(batch.points_ego[b][0], batch.K[b, 0], batch.T_ego_cam[b, 0], (H, W), rows, cols)
-                    for b in range(B)
-                ]
-            ).flatten(0, 1)
-            terms["depth"] = depth_l1_loss(depth, lidar, valid)
-        if use_semantics:
-            logits = features[..., 3 * rep.rgb :].reshape(N * rows * cols, -1)
-            lab = _read_nearest(labels.flatten(0, 1), uv).reshape(-1).long()
-            terms["semantic"] = semantic_loss(logits, lab, valid.reshape(-1))
-
-        loss = sum(self.loss_weights[k] * v for k, v in terms.items())
-        logs = {k: v.detach() for k, v in terms.items()}
-        logs["depth_mean"] = depth.detach().mean()
-        logs["opacity_mean"] = opacity.detach().mean()
-        logs["inv_s"] = self.renderer.inv_s.detach()
-        logs.update({k: v.detach() for k, v in extra_logs.items()})
-        front = (depth[0].detach() / self.far).clamp(0, 1)
-        return ModelOutput(loss=loss, terms=logs, images={"depth_front": front[None].expand(3, -1, -1)})
+    # ------------------------------------------------------------------ depth search
+    def _search_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor | None:
+        """L1 between the log rendered distance and the log distance of the confident
+        photometric depth-search hypothesis at each ray's pixel (frame 0 only)."""
+        if batch.images.shape[1] < 2 or views.frame != 0:
+            return None
+        found_dist, found_ok = self._cached(self._batch_key(batch, "search"), lambda: self.search_depth(batch))
+        B, V = views.depth.shape[:2]
+        target = read_nearest(found_dist.unflatten(0, (B, V)), views.pixels)
+        keep = read_nearest(found_ok.unflatten(0, (B, V)), views.pixels) & mask
+        rendered = views.extras["dist"].clamp_min(1e-3)
+        self.__dict__["search_confident"] = keep.float().mean().detach()
+        return masked_mean((rendered.log() - target.log()).abs(), keep)
 
     @torch.no_grad()
     def search_depth(self, batch: Frames, chunk: int = 2048) -> tuple[Tensor, Tensor]:
         """The non-local photometric depth search (``selfsup.losses.stereo``) at every pixel
-        centre of every current-frame image, against all neighbouring frames.
-
-        It depends on the images and poses only, so training computes it once per batch
-        content and reads it at each step's rays.
+        centre of every current-frame image against all neighbouring frames. It depends on
+        the images and poses only, so training computes it once per batch content.
 
         Returns:
             ``(dist, confident)``, ``[B*V, H, W]`` each: the best candidate's distance
@@ -433,97 +442,40 @@ class SDFOcc(OccupancyModel):
                 for s in range(0, H * W, chunk):
                     e = min(s + chunk, H * W)
                     found = photometric_depth_search(
-                        batch.images[b, 0, v][None],
-                        batch.images[b, 1:, v][:, None],
-                        batch.K[b, 0, v][None],
-                        batch.K[b, 1:, v][:, None],
-                        T_ego0_cam[b, 1:, v][:, None],
-                        rays.origins[b, v, s:e][None],
-                        rays.directions[b, v, s:e][None],
-                        uv[s:e][None],
-                        t_far[b, v, s:e][None],
-                        candidates,
-                        source_valid=source_valid[:, n : n + 1],
+                        batch.images[b, 0, v][None], batch.images[b, 1:, v][:, None],
+                        batch.K[b, 0, v][None], batch.K[b, 1:, v][:, None], T_ego0_cam[b, 1:, v][:, None],
+                        rays.origins[b, v, s:e][None], rays.directions[b, v, s:e][None], uv[s:e][None],
+                        t_far[b, v, s:e][None], candidates, source_valid=source_valid[:, n : n + 1],
                         patch=self.search_patch,
                     )
                     dist[n, s:e], ok[n, s:e] = found.dist[0], found.confident[0]
         return dist.reshape(B * V, H, W), ok.reshape(B * V, H, W)
 
-    def _hessian_term(self, planes: TPVPlanes, points: Float[Tensor, "B R S 3"]) -> Tensor:
-        """Finite-difference smoothness at random rendered sample points of each element."""
-        losses = []
-        lower, upper = self.representation.grid.box(points.device)
-        for b in range(points.shape[0]):
-            flat = points[b].reshape(-1, 3)
-            idx = torch.randint(flat.shape[0], (min(self.hessian_points, flat.shape[0]),), device=flat.device)
-            stencil = axis_offsets(flat[idx], self.hessian_step)  # [P 7 3]
-            inside = ((stencil >= lower) & (stencil <= upper)).all(dim=-1).all(dim=-1)
-            sdf, _, _ = self.representation.query(planes.select(b), stencil.reshape(1, -1, 3))
-            losses.append(hessian_loss(sdf.reshape(-1, 7), self.hessian_step, inside))
-        return torch.stack(losses).mean()
-
-    # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict_occupancy(self, batch: Frames) -> UInt8[Tensor, "B X Y Z"]:
+    def predict_occupancy(self, scene: TPVScene) -> OccupancyPrediction:
         """Occ3D labels of the current frame: occupied where SDF <= ``sdf_threshold`` at the
-        voxel centres, semantic argmax there (label 0 without semantic channels), 17 free.
-
-        Raises:
-            ValueError: if ``batch`` is not batched.
-        """
-        if not batch.batched:
-            raise ValueError("SDFOcc.predict_occupancy: expected a batched Frames")
-        planes = self.build_planes(batch)
+        voxel centres, semantic argmax there (label 0 without semantic channels), 17 free;
+        no voxel logits."""
         rep = self.representation
         out = []
-        if self.field_resolution is not None:
-            sdf, feat = self.decode_grid(planes)
-            lower, upper = rep.grid.box(sdf.device)
-            for b in range(sdf.shape[0]):
-                volume = torch.cat([sdf[b][None], feat[b, 3 * rep.rgb :]], dim=0)
+        device = scene.planes.xy.device
+        if scene.sdf_grid is not None:
+            lower, upper = rep.grid.box(device)
+            for b in range(scene.sdf_grid.shape[0]):
+                volume = torch.cat([scene.sdf_grid[b][None], scene.feature_grid[b, 3 * rep.rgb :]], dim=0)
 
                 def lookup(xyz: Tensor, volume: Tensor = volume) -> tuple[Tensor, Tensor]:
                     v = sample_grid(volume, lower, upper, xyz)
                     return v[:, 0], v[:, 1:] if v.shape[1] > 1 else v.new_zeros(xyz.shape[0], 1)
 
-                out.append(voxelize_field(lookup, rep.grid, self.sdf_threshold, device=batch.images.device))
-            return torch.stack(out)
-        for b in range(batch.images.shape[0]):
-            planes_b = planes.select(b)
+                out.append(voxelize_field(lookup, rep.grid, self.sdf_threshold, device=device))
+            return OccupancyPrediction(labels=torch.stack(out))
+        for b in range(scene.planes.xy.shape[0]):
+            planes_b = scene.planes.select(b)
 
             def query(xyz: Tensor, planes_b: TPVPlanes = planes_b) -> tuple[Tensor, Tensor]:
                 sdf, _, logits = rep.query(planes_b, xyz[None])
                 return sdf[0], logits[0] if logits is not None else sdf.new_zeros(xyz.shape[0], 1)
 
-            out.append(voxelize_field(query, rep.grid, self.sdf_threshold, device=batch.images.device))
-        return torch.stack(out)
-
-    @torch.no_grad()
-    def render_depth(
-        self,
-        batch: Frames,
-        K: Float[Tensor, "B V 3 3"],
-        T_ego_cam: Float[Tensor, "B V 4 4"],
-        height: int,
-        width: int,
-    ) -> Float[Tensor, "B V H W"]:
-        """Camera depth (z, metres) of every pixel centre, 0 where the opacity is below
-        ``min_opacity`` (if > 0); the expected distance normalised by the opacity and
-        clamped to the ray's sample range (SelfOcc), times the depth per distance.
-
-        Args:
-            batch: supplies the current frame's images (the scene).
-            K: intrinsics of the target cameras for a ``height x width`` image, pixels.
-            T_ego_cam: target camera -> ego frame of the current frame.
-            height, width: output size, pixels.
-        """
-        planes = self.build_planes(batch)
-        uv = jittered_pixel_grid(height, width, height, width, jitter=False, device=K.device)
-        outputs, depth_per_dist, _, ray_far = self._render(self.fields(planes, features=0), K, T_ego_cam, uv)
-        B, V = K.shape[:2]
-        dist = torch.stack([o.normalized_dist() for o in outputs]).reshape(B, V, -1)
-        far = ray_far.reshape(B, V, -1)
-        dist = torch.minimum(dist.clamp_min(self.near), far.clamp_min(self.near))
-        opacity = torch.stack([o.opacity for o in outputs]).reshape(B, V, -1)
-        depth = torch.where(opacity >= self.min_opacity, dist * depth_per_dist, torch.zeros_like(dist))
-        return depth.reshape(B, V, height, width)
+            out.append(voxelize_field(query, rep.grid, self.sdf_threshold, device=device))
+        return OccupancyPrediction(labels=torch.stack(out))

@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=CONFIG)
     p.add_argument("--set", dest="overrides", nargs="*", default=[], help="dotted overrides for the run")
     p.add_argument("--skip-train", action="store_true", help="evaluate an existing run in --work-dir")
+    p.add_argument("--occ-gt-dir", default=str(OCC_GT_DIR),
+                   help="LiDAR occupancy ground truth: DIR/{scene}/{sample time}/labels.npz (scripts/generate_occ_gt.py)")
     args = p.parse_args(argv)
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
 
     print("[3/4] occupancy vs the LiDAR occupancy ground truth", flush=True)
     occupancy = {name: predict_labels(model, data) for name, model in models.items()}
-    gt = load_occ_gt(data[0])
+    gt = load_occ_gt(data[0], Path(args.occ_gt_dir))
     occ_scores = {name: occupancy_scores(labels, gt) for name, labels in occupancy.items()}
 
     print("[4/4] pictures", flush=True)
@@ -176,13 +178,13 @@ def band_table(depth_res: dict, data, hw, limits) -> dict:
 
 
 # ---------------------------------------------------------------------------- occupancy
-def load_occ_gt(sample) -> dict | None:
+def load_occ_gt(sample, root: Path) -> dict | None:
     """The LiDAR occupancy ground truth of the scored frame, or None when not shipped."""
     import numpy as np
 
     scene = sample.scene_names
     stamp = str(sample.tokens).split("/")[-1]
-    folder = OCC_GT_DIR / scene
+    folder = root / scene
     if not folder.is_dir():
         print(f"no occupancy ground truth under {folder}: occupancy IoU not scored")
         return None
@@ -191,17 +193,34 @@ def load_occ_gt(sample) -> dict | None:
         print(f"no labels.npz for sample {sample.tokens} under {folder}: occupancy IoU not scored")
         return None
     with np.load(hits[0]) as f:
-        return {"semantics": f["semantics"], "mask_lidar": f["mask_lidar"].astype(bool), "path": str(hits[0])}
+        return {"semantics": f["semantics"], "mask_lidar": f["mask_lidar"].astype(bool),
+                "mask_camera": f["mask_camera"], "path": str(hits[0])}
+
+
+def geometric_iou(labels, gt: dict) -> float:
+    """Geometric IoU (occupied vs free, percent) inside ``mask_lidar``: the ground-truth
+    issue's ``selfsup.occ_gt.metrics.geometric_iou`` when present, else the same Occ3D
+    formula (``eval.occ3d``: every occupied label counts as one class)."""
+    import numpy as np
+
+    try:
+        from selfsup.occ_gt.metrics import geometric_iou as gt_iou
+    except ImportError:
+        gt_iou = None
+    if gt_iou is not None:
+        return gt_iou(labels, {k: gt[k] for k in ("semantics", "mask_lidar", "mask_camera")}, mask="mask_lidar")
+    from eval.occ3d import occ3d_miou
+
+    geo = lambda x: np.where(x == 17, 17, 0).astype(np.uint8)  # noqa: E731
+    return occ3d_miou(geo(labels), geo(gt["semantics"]), gt["mask_lidar"])["IoU"]
 
 
 def occupancy_scores(labels, gt: dict | None) -> dict:
     """Geometric IoU (percent) inside ``mask_lidar`` and occupied fractions."""
-    from eval.occ3d import occ3d_miou
-
     out = {"occupied_fraction_grid": float((labels != 17).mean())}
     if gt is not None:
         mask = gt["mask_lidar"]
-        out["iou"] = occ3d_miou(labels, gt["semantics"], mask)["IoU"]
+        out["iou"] = geometric_iou(labels, gt)
         out["occupied_fraction_observed"] = float((labels[mask] != 17).mean())
         out["gt_occupied_fraction_observed"] = float((gt["semantics"][mask] != 17).mean())
     return out

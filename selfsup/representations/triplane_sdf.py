@@ -78,6 +78,9 @@ class TriplaneSDF(nn.Module):
             same for any scale (the last layer's SDF row is divided by it); a larger scale
             lets the optimiser move surfaces by metres in few steps (Adam's step on the
             last layer is about ``lr`` in output units, so ``lr * sdf_scale`` in metres).
+        learn_sdf_offset: ``False`` removes the decoder's SDF output bias from the SDF (it is
+            subtracted again, so it has no effect and no gradient): a learned global offset moves every surface at once, the unobserved
+            ones too (in a one-scene run it raised the whole ground by metres).
         hash_levels: levels of a multi-resolution hash grid (Instant-NGP) over the box whose
             features are appended to the TPV features before the MLP (scene detail finer
             than the planes); 0 = none.
@@ -113,6 +116,7 @@ class TriplaneSDF(nn.Module):
         bias_radius: float = 25.0,
         outside_sdf: float = 100.0,
         sdf_scale: float = 1.0,
+        learn_sdf_offset: bool = True,
         hash_levels: int = 0,
         hash_backend: str = "torch",
         hash_features: int = 2,
@@ -181,6 +185,7 @@ class TriplaneSDF(nn.Module):
         with torch.no_grad():
             self.decoder[-1].weight[:1].mul_(0.1 / sdf_scale)
             self.decoder[-1].bias[:1].zero_()
+        self.learn_sdf_offset = learn_sdf_offset
 
     # ------------------------------------------------------------------ lifting
     def _cell_centres(self, axis: int, n: int) -> Tensor:
@@ -312,6 +317,10 @@ class TriplaneSDF(nn.Module):
         """Points normalised to [-1, 1] over the box (grid_sample coordinates)."""
         return 2.0 * (xyz_ego - self.lower) / (self.upper - self.lower) - 1.0
 
+    def _sdf_output(self, out: Tensor) -> Tensor:
+        """The decoder's SDF channel, without its output bias unless ``learn_sdf_offset``."""
+        return out[..., 0] if self.learn_sdf_offset else out[..., 0] - self.decoder[-1].bias[0]
+
     def _decoder_input(self, feat: Tensor, unit: Tensor) -> Tensor:
         """TPV features, positional encoding and (optional) hash features of points."""
         parts = [feat, self._positional_encoding(unit)]
@@ -354,7 +363,7 @@ class TriplaneSDF(nn.Module):
         unit = self._unit(xyz_ego)
         feat = self.sample_planes(planes, xyz_ego)
         out = self.decoder(self._decoder_input(feat, unit.clamp(-1.0, 1.0)))
-        sdf = self.sdf_scale * out[..., 0] + self.bias(xyz_ego)
+        sdf = self.sdf_scale * self._sdf_output(out) + self.bias(xyz_ego)
         outside = (unit.abs() > 1.0).any(dim=-1)
         sdf = torch.where(outside, torch.full_like(sdf, self.outside_sdf), sdf)
         rgb = torch.sigmoid(out[..., 1:4]) if self.rgb else None
@@ -391,7 +400,7 @@ class TriplaneSDF(nn.Module):
         unit = self._unit(xyz).expand(B, *xyz.shape)
         inputs = self._decoder_input(feat.permute(0, 2, 3, 4, 1), unit)
         out = self.decoder(inputs)  # [B X Y Z O]
-        sdf = self.sdf_scale * out[..., 0] + self.bias(xyz)
+        sdf = self.sdf_scale * self._sdf_output(out) + self.bias(xyz)
         parts = []
         if self.rgb:
             parts.append(torch.sigmoid(out[..., 1:4]))

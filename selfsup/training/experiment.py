@@ -19,6 +19,8 @@ class TrainSettings:
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay (decoupled).
         backbone_lr_mult: multiplier on ``lr`` for parameters under ``encoder.backbone``.
+        lr_mults: name prefix -> multiplier on ``lr`` for the parameters whose name starts
+            with it (first match), e.g. ``{"representation.decoder.": 0.1}``.
         warmup_steps: linear warm-up from ``warmup_start_ratio * lr`` to ``lr``.
         schedule: "cosine" (to ``min_lr_ratio * lr`` at ``steps``) or "constant".
         grad_clip: max global gradient norm (SelfOcc: 35); 0 disables clipping.
@@ -41,6 +43,7 @@ class TrainSettings:
     lr: float = 1e-4
     weight_decay: float = 0.01
     backbone_lr_mult: float = 0.1
+    lr_mults: dict[str, float] | None = None
     warmup_steps: int = 100
     warmup_start_ratio: float = 1.0 / 3.0
     schedule: str = "cosine"

@@ -40,16 +40,22 @@ def make_accelerator(settings: TrainSettings, work_dir: Path, log: bool = True) 
     )
 
 
-def param_groups(model: torch.nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: ``encoder.backbone.*`` at ``lr * backbone_lr_mult``, the rest at ``lr``."""
-    backbone, rest = [], []
+def param_groups(
+    model: torch.nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float,
+    lr_mults: dict[str, float] | None = None,
+) -> list[dict]:
+    """AdamW groups: ``encoder.backbone.*`` at ``lr * backbone_lr_mult``; parameters whose
+    name starts with a key of ``lr_mults`` (first match, in order) at ``lr * lr_mults[key]``;
+    the rest at ``lr``."""
+    lr_mults = dict(lr_mults or {})
+    buckets: dict[str, list] = {"model": [], "backbone": [], **{k: [] for k in lr_mults}}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (backbone if name.startswith("encoder.backbone.") else rest).append(p)
-    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "model"}]
-    if backbone:
-        groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "weight_decay": weight_decay, "name": "backbone"})
-    return groups
+        if not p.requires_grad:
+            continue
+        key = "backbone" if name.startswith("encoder.backbone.") else next((k for k in lr_mults if name.startswith(k)), "model")
+        buckets[key].append(p)
+    mults = {"model": 1.0, "backbone": backbone_lr_mult, **lr_mults}
+    return [{"params": ps, "lr": lr * mults[k], "weight_decay": weight_decay, "name": k} for k, ps in buckets.items() if ps]
 
 
 def lr_factor(step: int, settings: TrainSettings) -> float:
@@ -84,7 +90,7 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
     model = exp.model
     if accelerator.is_main_process:
         save_config(cfg, work_dir)
-    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.backbone_lr_mult, settings.weight_decay))
+    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.backbone_lr_mult, settings.weight_decay, settings.lr_mults))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()

@@ -12,8 +12,8 @@
 #   learned per-cell embedding) and a 2 x 32 MLP decoder learn the scene;
 # - field decoded on a 100 x 100 x 16 grid (0.8 x 0.8 x 0.4 m; SelfOcc: the 0.4 m grid),
 #   128 samples per ray (SelfOcc 256), a 16 x 32 jittered ray grid per camera (SelfOcc 48 x 100
-#   cellular): about 4 CPU-seconds per step (the per-sample decoder with 48 samples and a
-#   trained encoder took 7.6 s of wall time per step on 2 cores);
+#   cellular): about 4 CPU-seconds per step, measured on the loaded 2-core machine (the old
+#   per-sample decoder with 48 samples and a trained encoder: 3.8 s per step on one thread);
 # - initial NeuS sharpness s = exp(10 v) = 0.3 / m (v = -0.12; SelfOcc v = 0.1, s = 2.7 / m):
 #   a wide kernel lets the photometric gradient reach samples metres away from the prior's
 #   surface (a non-local search), and s is learned upwards from there;

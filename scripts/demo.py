@@ -307,13 +307,22 @@ def write_pictures(folder: Path, data, hw, limits, depth_res, occupancy, gt) -> 
     fig.colorbar(im, ax=axes, fraction=0.02, label="height of top occupied voxel (m)")
     save(fig, "occupancy_bev.png")
 
-    # 3-D view of the trained occupancy above the road and of the ground truth.
+    # 3-D view of the occupied voxels' surface (occupied with a free 6-neighbour: what a
+    # camera could see; the solid interior is hidden) for the trained field and the GT.
+    def shell(occ):
+        pad = np.pad(occ, 1, constant_values=True)  # outside the box counts as hidden
+        free_nb = np.zeros_like(occ)
+        for axis in range(3):
+            for shift in (-1, 1):
+                free_nb |= ~np.roll(pad, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+        return occ & free_nb
+
     fig = plt.figure(figsize=(12, 5.5))
     shown = [("trained", occupancy["trained"])] + ([("LiDAR ground truth", gt["semantics"])] if gt is not None else [])
     centres = OCC3D_GRID.centers().numpy()
     for i, (title, lab) in enumerate(shown):
         ax = fig.add_subplot(1, len(shown), i + 1, projection="3d")
-        occ = lab != 17
+        occ = shell(lab != 17)
         pts = centres[occ]
         rng = np.random.default_rng(0)
         if len(pts) > 40000:
@@ -323,7 +332,7 @@ def write_pictures(folder: Path, data, hw, limits, depth_res, occupancy, gt) -> 
         ax.set_xlim(-40, 40), ax.set_ylim(-40, 40), ax.set_zlim(-1, 5.4)
         ax.set_box_aspect((80, 80, 12))
         ax.view_init(elev=35, azim=-150)
-        ax.set_title(f"{title} (occupied voxels, coloured by height)", fontsize=9)
+        ax.set_title(f"{title}: surface of the occupied voxels, coloured by height", fontsize=9)
         ax.set_xlabel("x (m)"), ax.set_ylabel("y (m)")
     save(fig, "occupancy_3d.png")
     return written

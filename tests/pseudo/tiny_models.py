@@ -1,0 +1,88 @@
+"""Tiny randomly initialised transformers checkpoints of the real architectures, built from
+configs and written with ``save_pretrained`` (nothing is downloaded), for the backend tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfsup.pseudo.grounded_sam import phrases_and_classes
+from selfsup.pseudo.hf import import_transformers
+
+
+def bert_vocab(words: list[str]) -> dict[str, int]:
+    """A WordPiece vocabulary with [CLS] [SEP] . ? at bert-base-uncased's ids 101 / 102 /
+    1012 / 1029 (Grounding DINO splits captions on exactly these ids) and ``words`` after."""
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    while len(vocab) < 1012:
+        vocab.append(f"[unused{len(vocab)}]")
+    vocab.append(".")
+    while len(vocab) < 1029:
+        vocab.append(f"[unused{len(vocab)}]")
+    vocab.append("?")
+    for w in words:
+        if w not in vocab:
+            vocab.append(w)
+    return {w: i for i, w in enumerate(vocab)}
+
+
+def make_depth_anything(folder: Path, metric: bool = True) -> Path:
+    tf = import_transformers()
+    backbone = tf.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                               image_size=56, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    cfg = tf.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                                 fusion_hidden_size=16, head_hidden_size=8,
+                                 depth_estimation_type="metric" if metric else "relative", max_depth=80)
+    tf.AutoModelForDepthEstimation.from_config(cfg).save_pretrained(folder)
+    tf.DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         resample=3).save_pretrained(folder)
+    return folder
+
+
+def make_grounding_dino(folder: Path) -> Path:
+    tf = import_transformers()
+    phrases, _ = phrases_and_classes()
+    words = sorted({w for p in phrases for w in p.split()})
+    vocab = bert_vocab(words)
+    tok = tf.BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    backbone = tf.SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7,
+                             out_features=["stage2", "stage3", "stage4"], image_size=224)
+    text = tf.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)
+    cfg = tf.GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
+                                 encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2,
+                                 decoder_attention_heads=2, num_queries=30)
+    tf.GroundingDinoForObjectDetection(cfg).save_pretrained(folder)
+    ip = tf.GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 112})
+    tf.GroundingDinoProcessor(image_processor=ip, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def make_sam(folder: Path) -> Path:
+    tf = import_transformers()
+    vc = tf.SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64, output_channels=32,
+                            image_size=128, patch_size=16, window_size=4, global_attn_indexes=[1], num_pos_feats=16)
+    pc = tf.SamPromptEncoderConfig(hidden_size=32, image_size=128, patch_size=16, mask_input_channels=4)
+    mc = tf.SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                                 iou_head_hidden_dim=32)
+    tf.SamModel(tf.SamConfig(vision_config=vc, prompt_encoder_config=pc, mask_decoder_config=mc)).save_pretrained(folder)
+    ip = tf.SamImageProcessor(size={"longest_edge": 128}, pad_size={"height": 128, "width": 128})
+    tf.SamProcessor(image_processor=ip).save_pretrained(folder)
+    return folder
+
+
+CITYSCAPES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+              "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+
+
+def make_mask2former(folder: Path) -> Path:
+    tf = import_transformers()
+    backbone = tf.SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7,
+                             out_features=["stage1", "stage2", "stage3", "stage4"], image_size=224)
+    id2label = dict(enumerate(CITYSCAPES))
+    cfg = tf.Mask2FormerConfig(backbone_config=backbone, hidden_dim=32, mask_feature_size=32, feature_size=32,
+                               encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64,
+                               encoder_feedforward_dim=64, num_queries=10, id2label=id2label,
+                               label2id={v: k for k, v in id2label.items()})
+    tf.Mask2FormerForUniversalSegmentation(cfg).save_pretrained(folder)
+    tf.Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(folder)
+    return folder

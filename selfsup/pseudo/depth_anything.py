@@ -80,11 +80,9 @@ class DepthAnythingBackend:
             raise ValueError(f"sample {sample.token}: the depth_anything backend needs images")
         depth = self.raw_depth(list(sample.images), out_hw)
         K = scale_intrinsics(sample.K, sample.src_hw, out_hw)
-        pts = torch.from_numpy(sample.points_ego)
         scales, absrel_raw, absrel_aligned = [], [], []
         for v in range(len(depth)):
-            lidar, _ = project_nearest(pts, torch.from_numpy(K[v]), torch.from_numpy(sample.T_ego_cam[v]), out_hw)
-            lidar = lidar.numpy()
+            lidar, _ = project_nearest(sample.points_ego, K[v], sample.T_ego_cam[v], out_hw)
             hit = (lidar > 0) & (depth[v] > 0)
             if hit.sum() < self.min_lidar_points:
                 scales.append(float("nan"))

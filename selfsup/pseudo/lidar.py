@@ -4,7 +4,8 @@ Both keep, per pixel, the *nearest* return that lands in it (smallest camera z),
 the visible surface when several points (e.g. accumulated from neighbouring frames, seen
 from other viewpoints) fall into one pixel. Points are projected with the dataset's
 intrinsics in continuous pixel coordinates (pixel (i, j) covers [j, j + 1) x [i, i + 1)),
-so a point lands in pixel ``(floor(v), floor(u))``.
+so a point lands in pixel ``(floor(v), floor(u))``. NumPy: a sort of the P points, so the
+cost is O(P log P) plus one image allocation, whatever the image size.
 
 Accumulation of neighbouring frames assumes a static world: points of moving objects smear
 along their paths (a moving car's old returns can hide the road behind where it now is).
@@ -16,21 +17,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from jaxtyping import Float
-from torch import Tensor
 
 from selfsup.pseudo.sources import PseudoSample
 
 
 def project_nearest(
-    xyz_ego: Float[Tensor, "P 3"],
-    K: Float[Tensor, "3 3"],
-    T_ego_cam: Float[Tensor, "4 4"],
+    xyz_ego: Float[np.ndarray, "P 3"],
+    K: Float[np.ndarray, "3 3"],
+    T_ego_cam: Float[np.ndarray, "4 4"],
     hw: tuple[int, int],
-    values: Tensor | None = None,
+    values: np.ndarray | None = None,
     min_depth: float = 0.1,
-) -> tuple[Float[Tensor, "H W"], Tensor | None]:
+) -> tuple[Float[np.ndarray, "H W"], np.ndarray | None]:
     """Z-buffer of points in one camera: depth of the nearest point per pixel.
 
     Args:
@@ -38,43 +37,38 @@ def project_nearest(
         K: intrinsics of an ``hw`` image, continuous pixel coordinates.
         T_ego_cam: camera (OpenCV) -> ego.
         hw: image rows, cols.
-        values: optional per-point values ``[P]`` (e.g. class ids); the value of the
-            nearest point of each pixel is returned beside the depth.
+        values: optional per-point integer values ``[P]`` (e.g. class ids); the value of
+            the nearest point of each pixel is returned beside the depth.
         min_depth: points with camera z below this (metres) are dropped.
 
     Returns:
-        depth ``[H, W]`` (camera z, metres; 0 where no point lands) and the values
-        ``[H, W]`` of the same points (-1 where none) or None.
+        depth float32 ``[H, W]`` (camera z, metres; 0 where no point lands) and int64
+        values ``[H, W]`` of the same points (-1 where none), or None.
     """
     H, W = hw
-    xyz_ego = xyz_ego.to(torch.float64)
-    T_cam_ego = torch.linalg.inv(T_ego_cam.to(torch.float64))
-    xyz = xyz_ego @ T_cam_ego[:3, :3].T + T_cam_ego[:3, 3]
-    z = xyz[:, 2]
-    front = z > min_depth
-    uvw = xyz[front] @ K.to(torch.float64).T
-    z = z[front]
-    u = torch.floor(uvw[:, 0] / uvw[:, 2])
-    v = torch.floor(uvw[:, 1] / uvw[:, 2])
+    T_cam_ego = np.linalg.inv(np.asarray(T_ego_cam, dtype=np.float64))
+    xyz = np.asarray(xyz_ego, dtype=np.float64) @ T_cam_ego[:3, :3].T + T_cam_ego[:3, 3]
+    front = xyz[:, 2] > min_depth
+    xyz = xyz[front]
+    uvw = xyz @ np.asarray(K, dtype=np.float64).T
+    u = np.floor(uvw[:, 0] / uvw[:, 2])
+    v = np.floor(uvw[:, 1] / uvw[:, 2])
     inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-    idx = (v[inside] * W + u[inside]).long()
-    z = z[inside]
-    depth = torch.full((H * W,), float("inf"), dtype=torch.float64)
-    depth.scatter_reduce_(0, idx, z, reduce="amin")
+    pix = (v[inside] * W + u[inside]).astype(np.int64)
+    z = xyz[inside, 2]
+    order = np.lexsort((z, pix))  # by pixel, nearest first
+    pix, z = pix[order], z[order]
+    first = np.ones(len(pix), dtype=bool)
+    first[1:] = pix[1:] != pix[:-1]
+    depth = np.zeros(H * W, dtype=np.float32)
+    depth[pix[first]] = z[first]
     label = None
     if values is not None:
-        vals = values[front][inside]
-        # the point whose depth equals its pixel's minimum (ties: the highest point index)
-        is_min = z == depth[idx]
-        winner = torch.full((H * W,), -1, dtype=torch.long)
-        order = torch.arange(len(z))
-        winner.scatter_reduce_(0, idx[is_min], order[is_min], reduce="amax")
-        label = torch.full((H * W,), -1, dtype=torch.long)
-        hit = winner >= 0
-        label[hit] = vals[winner[hit]].long()
-        label = label.view(H, W)
-    depth[torch.isinf(depth)] = 0.0
-    return depth.view(H, W).to(torch.float32), label
+        vals = np.asarray(values)[front][inside][order]
+        label = np.full(H * W, -1, dtype=np.int64)
+        label[pix[first]] = vals[first]
+        label = label.reshape(H, W)
+    return depth.reshape(H, W), label
 
 
 def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
@@ -111,14 +105,13 @@ class LidarDepthBackend:
                     backend_config=dict(accumulate=self.accumulate, min_depth=self.min_depth, max_depth=self.max_depth))
 
     def predict(self, sample: PseudoSample, out_hw: tuple[int, int]) -> tuple[np.ndarray, dict]:
-        pts = torch.from_numpy(sample.accumulated_ego if self.accumulate else sample.points_ego)
+        pts = sample.accumulated_ego if self.accumulate else sample.points_ego
         K = scale_intrinsics(sample.K, sample.src_hw, out_hw)
         maps = []
         for v in range(len(sample.cameras)):
-            d, _ = project_nearest(pts, torch.from_numpy(K[v]), torch.from_numpy(sample.T_ego_cam[v]), out_hw,
-                                   min_depth=self.min_depth)
+            d, _ = project_nearest(pts, K[v], sample.T_ego_cam[v], out_hw, min_depth=self.min_depth)
             d[d > self.max_depth] = 0.0
-            maps.append(d.numpy())
+            maps.append(d)
         maps = np.stack(maps)
         return maps, dict(valid_fraction=float((maps > 0).mean()), frames_used=len(sample.frames_used))
 
@@ -221,13 +214,12 @@ class LidarsegBackend:
         raw = np.fromfile(path, dtype=np.uint8)
         if raw.size != len(sample.points_ego):
             raise ValueError(f"lidarseg label file {path} has {raw.size} labels for {len(sample.points_ego)} LiDAR points")
-        labels = torch.from_numpy(self.lut[raw])
+        labels = self.lut[raw]
         K = scale_intrinsics(sample.K, sample.src_hw, out_hw)
         maps = []
-        pts = torch.from_numpy(sample.points_ego)
         for v in range(len(sample.cameras)):
-            _, lab = project_nearest(pts, torch.from_numpy(K[v]), torch.from_numpy(sample.T_ego_cam[v]), out_hw,
-                                     values=labels, min_depth=self.min_depth)
-            maps.append(lab.numpy())
+            _, lab = project_nearest(sample.points_ego, K[v], sample.T_ego_cam[v], out_hw, values=labels,
+                                     min_depth=self.min_depth)
+            maps.append(lab)
         maps = np.stack(maps)
         return maps, dict(labelled_fraction=float((maps >= 0).mean()))

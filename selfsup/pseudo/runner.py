@@ -234,7 +234,12 @@ def generate(kind: str, args: argparse.Namespace) -> dict:
 
     from selfsup.pseudo.sources import build_source
 
-    state = PartialState()
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # N CPU processes form one gloo group
+    if int(os.environ.get("WORLD_SIZE", "1")) != state.num_processes:
+        raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate formed {state.num_processes} process(es); "
+                           "the processes would not know of each other and write the same samples")
     source = build_source(args.dataset, args.data_root, version=args.version, split=args.split,
                           scenes=tuple(args.scenes) if args.scenes else None,
                           cameras=tuple(args.cameras) if args.cameras else None, infos_path=args.infos)

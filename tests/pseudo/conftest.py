@@ -23,7 +23,7 @@ def run_cli(kind: str, *argv: str) -> dict:
 def tiny_models(tmp_path_factory):
     """Folders of tiny random checkpoints: depth_anything, depth_anything_relative,
     grounding_dino, sam, mask2former."""
-    from tests.pseudo import tiny_models as tm
+    from selfsup.pseudo import random_checkpoints as tm
 
     root = tmp_path_factory.mktemp("tiny_models")
     return dict(

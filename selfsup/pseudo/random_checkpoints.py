@@ -1,5 +1,7 @@
-"""Tiny randomly initialised transformers checkpoints of the real architectures, built from
-configs and written with ``save_pretrained`` (nothing is downloaded), for the backend tests."""
+"""Randomly initialised transformers checkpoints of the backends' architectures, built from
+configs and written with ``save_pretrained`` (nothing is downloaded): tiny ones for the tests
+and the CPU demo of the pipeline, full-size ones for speed benchmarks. Their outputs mean
+nothing; they exercise the real loading, pre-/post-processing, batching and writing code."""
 
 from __future__ import annotations
 
@@ -86,3 +88,71 @@ def make_mask2former(folder: Path) -> Path:
     tf.Mask2FormerForUniversalSegmentation(cfg).save_pretrained(folder)
     tf.Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(folder)
     return folder
+
+
+# -- full-size architectures (random weights; for speed measurements only) ---------------------
+
+def make_depth_anything_v2_small(folder: Path) -> Path:
+    """Depth Anything V2 Small, metric (the Metric-Outdoor-Small-hf architecture, 24.8M)."""
+    tf = import_transformers()
+    backbone = tf.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                               image_size=518, patch_size=14, out_indices=[3, 6, 9, 12], reshape_hidden_states=False)
+    cfg = tf.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=384, neck_hidden_sizes=[48, 96, 192, 384],
+                                 fusion_hidden_size=64, head_hidden_size=32, depth_estimation_type="metric", max_depth=80)
+    tf.AutoModelForDepthEstimation.from_config(cfg).save_pretrained(folder)
+    tf.DPTImageProcessor(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3,
+                         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder
+
+
+def make_grounding_dino_tiny(folder: Path) -> Path:
+    """Grounding DINO with transformers' default config (Swin-T + BERT-base text encoder, as
+    grounding-dino-tiny), a vocabulary of bert-base-uncased's size with the special ids in place."""
+    tf = import_transformers()
+    phrases, _ = phrases_and_classes()
+    vocab = bert_vocab(sorted({w for p in phrases for w in p.split()}))
+    while len(vocab) < 30522:
+        vocab[f"[filler{len(vocab)}]"] = len(vocab)
+    tok = tf.BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    tf.GroundingDinoForObjectDetection(tf.GroundingDinoConfig()).save_pretrained(folder)
+    tf.GroundingDinoProcessor(image_processor=tf.GroundingDinoImageProcessor(), tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def make_sam_vit_b(folder: Path) -> Path:
+    """SAM with transformers' default config (ViT-B image encoder, 1024 x 1024 input)."""
+    tf = import_transformers()
+    tf.SamModel(tf.SamConfig()).save_pretrained(folder)
+    tf.SamProcessor(image_processor=tf.SamImageProcessor()).save_pretrained(folder)
+    return folder
+
+
+def make_mask2former_swin_t(folder: Path) -> Path:
+    """Mask2Former with a Swin-T backbone and the 19 Cityscapes classes (as
+    mask2former-swin-tiny-cityscapes-semantic), processor at its 1024-pixel short side."""
+    tf = import_transformers()
+    backbone = tf.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+                             out_features=["stage1", "stage2", "stage3", "stage4"])
+    id2label = dict(enumerate(CITYSCAPES))
+    cfg = tf.Mask2FormerConfig(backbone_config=backbone, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    tf.Mask2FormerForUniversalSegmentation(cfg).save_pretrained(folder)
+    tf.Mask2FormerImageProcessor(size={"shortest_edge": 1024, "longest_edge": 2048}).save_pretrained(folder)
+    return folder
+
+
+TINY = dict(depth_anything=make_depth_anything, grounding_dino=make_grounding_dino, sam=make_sam,
+            mask2former=make_mask2former)
+FULL_SIZE = dict(depth_anything=make_depth_anything_v2_small, grounding_dino=make_grounding_dino_tiny, sam=make_sam_vit_b,
+                 mask2former=make_mask2former_swin_t)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write a RANDOM-weight checkpoint of a backend architecture "
+                                            "(for tests, benchmarks and pipeline demos; its outputs mean nothing).")
+    p.add_argument("model", choices=sorted(TINY))
+    p.add_argument("folder", type=Path)
+    p.add_argument("--full-size", action="store_true", help="the real checkpoint's size instead of a tiny one")
+    a = p.parse_args()
+    print((FULL_SIZE if a.full_size else TINY)[a.model](a.folder))

@@ -52,6 +52,12 @@ OCC3D_CLASS_NAMES: tuple[str, ...] = (
 NUM_CLASSES = 18
 FREE_LABEL = 17
 DYNAMIC_CLASSES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 9, 10)
+# The Occ3D-nuScenes grid: [-40, -40, -1, 40, 40, 5.4] m at 0.4 m, 200 x 200 x 16, ego frame,
+# indexed [x, y, z] (Tian et al. 2023). The project's one definition (selfsup.constants re-exports).
+OCC3D_LOWER: tuple[float, float, float] = (-40.0, -40.0, -1.0)
+OCC3D_UPPER: tuple[float, float, float] = (40.0, 40.0, 5.4)
+OCC3D_VOXEL_SIZE = 0.4
+OCC3D_GRID_SHAPE: tuple[int, int, int] = (200, 200, 16)
 
 ArrayLike = Union[Shaped[np.ndarray, "..."], Shaped[Tensor, "..."]]
 
@@ -193,6 +199,10 @@ def occ3d_miou(pred: ArrayLike, gt: ArrayLike, mask: Optional[ArrayLike] = None)
 __all__ = [
     "DYNAMIC_CLASSES",
     "FREE_LABEL",
+    "OCC3D_GRID_SHAPE",
+    "OCC3D_LOWER",
+    "OCC3D_UPPER",
+    "OCC3D_VOXEL_SIZE",
     "NUM_CLASSES",
     "OCC3D_CLASS_NAMES",
     "Occ3DMetric",

@@ -26,4 +26,4 @@ config = copy.deepcopy(base)
 config.name = "gaussian_ddad_tiny_pseudo"
 config.train_data.dataset.pseudo_depth_dir = PSEUDO_DEPTH_DIR
 config.train_data.dataset.pseudo_semantic_dir = PSEUDO_SEMANTIC_DIR
-config.model.depth_target = "pseudo"
+config.model.depth_source = "pseudo"  # selfsup.objectives.depth_objective(source="pseudo"); semantics: semantic_objective

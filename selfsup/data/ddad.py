@@ -124,14 +124,9 @@ class DDADFrames(Dataset):
         self.neighbours = tuple(int(n) for n in neighbours)
         self.load_lidar = load_lidar
         self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
-        # pseudo labels (selfsup.pseudo PNG format), read per frame in __getitem__
-        self.pseudo_readers = {}
-        if pseudo_depth_dir is not None or pseudo_semantic_dir is not None:
-            from selfsup.pseudo.storage import PseudoLabelReader
-
-            for kind, folder in (("depth", pseudo_depth_dir), ("semantic", pseudo_semantic_dir)):
-                if folder is not None:
-                    self.pseudo_readers[kind] = PseudoLabelReader(folder, kind)
+        # pseudo labels (selfsup.pseudo PNG format), opened at the first __getitem__
+        self.pseudo_dirs = {k: d for k, d in (("depth", pseudo_depth_dir), ("semantic", pseudo_semantic_dir)) if d is not None}
+        self._pseudo_readers: dict = {}
         scenes = (scene,) if isinstance(scene, str) else tuple(scene)
         self.scenes = {name: self._read_scene(name) for name in scenes}
         hw = {fr["cams"][c]["hw"] for frames in self.scenes.values() for fr in frames for c in self.cameras}
@@ -255,7 +250,13 @@ class DDADFrames(Dataset):
 
     def _pseudo_maps(self, name: str, tokens: list[str]) -> dict:
         """``{"depth": [T, V, h, w] float32, "semantic": [T, V, h, w] int16}`` of the configured readers."""
-        from selfsup.pseudo.storage import load_transformed
+        from selfsup.pseudo.storage import PseudoLabelReader, load_transformed
 
-        return {kind: torch.from_numpy(np.stack([load_transformed(r, name, tok, self.cameras, self.transform) for tok in tokens]))
-                for kind, r in self.pseudo_readers.items()}
+        out = {}
+        for kind, folder in self.pseudo_dirs.items():
+            if kind not in self._pseudo_readers:
+                self._pseudo_readers[kind] = PseudoLabelReader(folder, kind)
+            reader = self._pseudo_readers[kind]
+            out[kind] = torch.from_numpy(np.stack([load_transformed(reader, name, tok, self.cameras, self.transform)
+                                                   for tok in tokens]))
+        return out

@@ -37,15 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.occ3d import OCC3D_CLASS_NAMES
+from selfsup.constants import NUM_SEMANTIC_CLASSES
 from selfsup.pseudo import storage
 
 # manifest fields that must agree for a run to add to / resume an existing folder
 COMPATIBLE_FIELDS = ("format", "kind", "backend", "backend_config", "checkpoint_sha256", "depth_scale", "class_names",
                      "encoding", "cameras", "source_hw", "image_hw")
-OCC3D_CLASS_NAMES = (
-    "others", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle", "pedestrian", "traffic_cone",
-    "trailer", "truck", "driveable_surface", "other_flat", "sidewalk", "terrain", "manmade", "vegetation",
-)
 DEPTH_BACKENDS = ("lidar", "depth_anything")
 SEMANTIC_BACKENDS = ("grounded_sam", "segmenter", "lidarseg")
 
@@ -141,7 +139,7 @@ def make_manifest(kind: str, backend, source, out_hw: tuple[int, int]) -> dict:
         m.update(depth_scale=storage.DEPTH_SCALE, class_names=None,
                  encoding="uint16 PNG, value = round(depth_m * depth_scale), 0 = no depth (camera z)")
     else:
-        m.update(depth_scale=None, class_names=list(OCC3D_CLASS_NAMES),
+        m.update(depth_scale=None, class_names=list(OCC3D_CLASS_NAMES[:NUM_SEMANTIC_CLASSES]),  # 0-16, no "free"
                  encoding="uint8 PNG, value = Occ3D class id + 1, 0 = unlabelled")
     return json.loads(json.dumps(m))  # plain JSON types, comparable with a re-read manifest
 

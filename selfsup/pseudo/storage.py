@@ -36,11 +36,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from selfsup.constants import SEMANTIC_UNLABELLED  # in memory; stored as 0
+
 FORMAT = "selfsup-pseudo-png-1"
 MANIFEST = "manifest.json"
 DEPTH_SCALE = 256.0  # PNG value per metre
 DEPTH_MAX = 65535 / DEPTH_SCALE  # metres; larger depths are stored as 0 (unknown)
-SEMANTIC_UNLABELLED = 255  # in memory; stored as 0
 KINDS = ("depth", "semantic")
 TMP_SUFFIX = ".tmp"
 

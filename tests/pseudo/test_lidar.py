@@ -122,7 +122,7 @@ def test_ddad_dataset_reads_pseudo_maps_of_every_frame(tmp_path):
         assert (f.depth_maps[t] > 0).sum() > 50
     assert not np.array_equal(f.depth_maps[0].numpy(), f.depth_maps[1].numpy())
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        DDADFrames(str(DDAD), "scene_02", image_hw=(64, 112), pseudo_semantic_dir=str(tmp_path / "none"))
+        DDADFrames(str(DDAD), "scene_02", image_hw=(64, 112), pseudo_semantic_dir=str(tmp_path / "none"))[0]
 
 
 def _lidarseg_root(tmp_path, infos):

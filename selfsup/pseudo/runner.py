@@ -155,18 +155,19 @@ def _check_compatible(old: dict, new: dict, out_dir: Path) -> None:
 
 
 def prepare_out_dir(out_dir: Path, manifest: dict, overwrite: bool, state) -> None:
-    """Rank 0 writes or merges the manifest; every rank then checks it."""
+    """Check an existing manifest (every rank, before any barrier, so all ranks fail alike),
+    then rank 0 writes the new or merged one (scenes: union)."""
+    old = None
+    if (out_dir / storage.MANIFEST).is_file() and not overwrite:
+        old = storage.read_manifest(out_dir)
+        _check_compatible(old, manifest, out_dir)
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / storage.MANIFEST).is_file() and not overwrite:
-            old = storage.read_manifest(out_dir)
-            _check_compatible(old, manifest, out_dir)
+        if old is not None:
             scenes = list(dict.fromkeys(list(old["dataset"].get("scenes", [])) + list(manifest["dataset"].get("scenes", []))))
             manifest = dict(old, dataset=dict(old["dataset"], scenes=scenes), code_version=manifest["code_version"])
         storage.write_manifest(out_dir, manifest)
     state.wait_for_everyone()
-    if not state.is_main_process:
-        _check_compatible(storage.read_manifest(out_dir), manifest, out_dir)
 
 
 class _ShardItems:

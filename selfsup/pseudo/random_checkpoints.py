@@ -141,9 +141,53 @@ def make_mask2former_swin_t(folder: Path) -> Path:
 
 
 TINY = dict(depth_anything=make_depth_anything, grounding_dino=make_grounding_dino, sam=make_sam,
-            mask2former=make_mask2former)
+            mask2former=make_mask2former)  # + make_oneformer (defined below)
 FULL_SIZE = dict(depth_anything=make_depth_anything_v2_small, grounding_dino=make_grounding_dino_tiny, sam=make_sam_vit_b,
                  mask2former=make_mask2former_swin_t)
+
+
+
+def clip_vocab() -> dict[str, int]:
+    """A character-level CLIP BPE vocabulary (every byte-level character, with and without the
+    end-of-word mark) and its special tokens: enough to tokenize any text, no merges."""
+    # byte-level BPE alphabet: printable bytes as themselves, the other bytes shifted past 255
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    shifted = [256 + k for k in range(256 - len(printable))]
+    chars = sorted(chr(c) for c in printable + shifted)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    return vocab
+
+
+def make_oneformer(folder: Path) -> Path:
+    """Tiny OneFormer (Swin backbone, CLIP-style task tokenizer) with the Cityscapes classes and
+    its class-info file ``class_info.json`` beside the weights."""
+    import json
+
+    tf = import_transformers()
+    backbone = tf.SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7,
+                             out_features=["stage1", "stage2", "stage3", "stage4"], image_size=224)
+    id2label = dict(enumerate(CITYSCAPES))
+    vocab = clip_vocab()
+    cfg = tf.OneFormerConfig(backbone_config=backbone, num_queries=10, text_encoder_width=32, text_encoder_num_layers=1,
+                             text_encoder_vocab_size=len(vocab), text_encoder_n_ctx=4, conv_dim=32, mask_dim=32,
+                             hidden_dim=32, encoder_feedforward_dim=64, encoder_layers=1, decoder_layers=2,
+                             num_attention_heads=2, dim_feedforward=64, query_dec_layers=1, id2label=id2label,
+                             label2id={v: k for k, v in id2label.items()})
+    tf.OneFormerForUniversalSegmentation(cfg).save_pretrained(folder)
+    info = {str(i): {"name": n, "isthing": int(n in ("person", "rider", "car", "truck", "bus", "train", "motorcycle",
+                                                      "bicycle"))} for i, n in id2label.items()}
+    (Path(folder) / "class_info.json").write_text(json.dumps(info))
+    ip = tf.OneFormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}, repo_path=str(folder),
+                                    class_info_file="class_info.json", num_text=cfg.num_queries - cfg.text_encoder_n_ctx)
+    tok = tf.CLIPTokenizer(vocab=vocab, merges=[])
+    tf.OneFormerProcessor(image_processor=ip, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+TINY["oneformer"] = make_oneformer
 
 
 if __name__ == "__main__":
@@ -155,4 +199,6 @@ if __name__ == "__main__":
     p.add_argument("folder", type=Path)
     p.add_argument("--full-size", action="store_true", help="the real checkpoint's size instead of a tiny one")
     a = p.parse_args()
+    if a.full_size and a.model not in FULL_SIZE:
+        p.error(f"no full-size builder for {a.model} (have {sorted(FULL_SIZE)})")
     print((FULL_SIZE if a.full_size else TINY)[a.model](a.folder))

@@ -22,7 +22,7 @@ def run_cli(kind: str, *argv: str) -> dict:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Folders of tiny random checkpoints: depth_anything, depth_anything_relative,
-    grounding_dino, sam, mask2former."""
+    grounding_dino, sam, mask2former, oneformer."""
     from selfsup.pseudo import random_checkpoints as tm
 
     root = tmp_path_factory.mktemp("tiny_models")
@@ -32,6 +32,7 @@ def tiny_models(tmp_path_factory):
         grounding_dino=tm.make_grounding_dino(root / "grounding_dino"),
         sam=tm.make_sam(root / "sam"),
         mask2former=tm.make_mask2former(root / "mask2former"),
+        oneformer=tm.make_oneformer(root / "oneformer"),
     )
 
 

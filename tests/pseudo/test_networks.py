@@ -3,6 +3,8 @@ save_pretrained, loaded with from_pretrained(local_files_only=True)), through th
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,19 @@ def test_bad_checkpoints_give_clear_errors(tiny_models, tmp_path):
     with pytest.raises(ValueError, match="cannot load .*broken"):
         run_cli("semantic", *SMALL, "--out-dir", tmp_path / "a", "--backend", "segmenter", "--checkpoint", broken)
     assert not (tmp_path / "a" / "manifest.json").exists()  # nothing written before the backend loads
+
+
+def test_oneformer_reads_its_class_info_locally(tiny_models, tmp_path):
+    ckpt = tmp_path / "oneformer"
+    shutil.copytree(tiny_models["oneformer"], ckpt)
+    info = tmp_path / "elsewhere" / "cityscapes_info.json"
+    info.parent.mkdir()
+    (ckpt / "class_info.json").rename(info)
+    with pytest.raises(FileNotFoundError, match="class-info"):
+        run_cli("semantic", *SMALL, "--out-dir", tmp_path / "a", "--backend", "segmenter", "--checkpoint", ckpt)
+    out = tmp_path / "of"
+    s = run_cli("semantic", *SMALL, "--out-dir", out, "--backend", "segmenter", "--checkpoint", ckpt,
+                "--class-info", info)
+    assert s["written"] == 1
+    cfg = storage.read_manifest(out)["backend_config"]
+    assert cfg["model_type"] == "oneformer" and cfg["class_info"] == str(info) and cfg["class_to_occ3d"]["car"] == 4

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "ray_aabb"]
+__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "ray_aabb", "rays_in_box"]
 
 
 @dataclass
@@ -180,3 +180,40 @@ def ray_aabb(
     hit = t_far > t_near
     zero = torch.zeros_like(t_near)
     return torch.where(hit, t_near, zero), torch.where(hit, t_far, zero), hit
+
+
+def rays_in_box(
+    K: Float[Tensor, "*b 3 3"],
+    T_world_cam: Float[Tensor, "*b 4 4"],
+    uv: Float[Tensor, "*b R 2"],
+    box_min: Float[Tensor, "3"],
+    box_max: Float[Tensor, "3"],
+    near: float = 0.0,
+    far: float = float("inf"),
+) -> tuple[Rays, Float[Tensor, "*b R"], Float[Tensor, "*b R"]]:
+    """Pixel rays (:func:`pixel_rays`) with their sampling interval: the part of each ray
+    inside the box (:func:`ray_aabb`) intersected with ``[near, far]`` along the ray.
+
+    The one ray sampler of the volume renderers (``NeuSRenderer`` for SDF fields,
+    ``render_density`` for density volumes): pass ``rays.origins``, ``rays.directions`` and
+    the returned bounds. A ray that misses the box, or whose box part lies outside
+    ``[near, far]``, gets ``t_far <= t_near`` (an empty interval renders nothing).
+
+    Args:
+        K, T_world_cam, uv: as :func:`pixel_rays`.
+        box_min, box_max: the box corners in the rays' frame, metres.
+        near, far: distance limits along the (unit) rays, metres.
+
+    Returns:
+        ``(rays, t_near, t_far)``, distances in metres.
+
+    Raises:
+        ValueError: singular ``K``, an inverted box, or ``near > far``.
+    """
+    if near > far:
+        raise ValueError(f"rays_in_box: near ({near}) must not exceed far ({far})")
+    rays = pixel_rays(K, T_world_cam, uv)
+    t_near, t_far, _ = ray_aabb(rays.origins, rays.directions, box_min, box_max)
+    t_near = t_near.clamp_min(near)
+    t_far = torch.minimum(t_far, torch.full_like(t_far, far))
+    return rays, t_near, t_far

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "ray_aabb", "rays_in_box"]
+__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "ray_aabb", "ray_intervals", "rays_in_box"]
 
 
 @dataclass
@@ -217,3 +217,41 @@ def rays_in_box(
     t_near = t_near.clamp_min(near)
     t_far = torch.minimum(t_far, torch.full_like(t_far, far))
     return rays, t_near, t_far
+
+
+def ray_intervals(
+    t_near: Float[Tensor, "R"],
+    t_far: Float[Tensor, "R"],
+    num_samples: int,
+    jitter: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Float[Tensor, "R S"], Float[Tensor, "R S"]]:
+    """``num_samples`` intervals tiling ``[t_near, t_far]`` of each ray (stratified): equal
+    steps, or with ``jitter`` every inner edge drawn uniformly between the neighbouring step
+    midpoints (the NeuS / NeRF stratified scheme). Empty rays (``t_far <= t_near``) get
+    zero-length intervals, which composite to nothing.
+
+    With :func:`rays_in_box` this is the sampler of a density volume:
+    ``render.volume.render_density(sigma(o + t d), t_starts, t_ends, features)``.
+
+    Returns:
+        ``(t_starts, t_ends)``, metres.
+
+    Raises:
+        ValueError: if ``num_samples < 1``.
+
+    >>> s, e = ray_intervals(torch.tensor([1.0]), torch.tensor([3.0]), 4)
+    >>> s, e
+    (tensor([[1.0000, 1.5000, 2.0000, 2.5000]]), tensor([[1.5000, 2.0000, 2.5000, 3.0000]]))
+    """
+    if num_samples < 1:
+        raise ValueError(f"ray_intervals: num_samples must be >= 1, got {num_samples}")
+    far = torch.maximum(t_far, t_near)
+    u = torch.linspace(0.0, 1.0, num_samples + 1, device=t_near.device, dtype=t_near.dtype).expand(t_near.shape[0], -1)
+    if jitter and num_samples > 1:
+        centres = 0.5 * (u[:, 1:] + u[:, :-1])
+        lo, hi = centres[:, :-1], centres[:, 1:]
+        r = torch.rand(lo.shape, generator=generator, device=t_near.device, dtype=t_near.dtype)
+        u = torch.cat([u[:, :1], lo + (hi - lo) * r, u[:, -1:]], dim=-1)
+    edges = t_near[:, None] + (far - t_near)[:, None] * u
+    return edges[:, :-1], edges[:, 1:]

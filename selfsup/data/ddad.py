@@ -86,6 +86,15 @@ class DDADFrames(Dataset):
         ego_mask_dir: folder with ``<CAMERA>_mask.png`` (255 = scene); ``None`` marks
             every pixel valid.
         allow_missing_neighbours: see above.
+        pseudo_depth_dir: folder written by ``scripts/generate_pseudo_depth.py`` (PNG per
+            camera + ``manifest.json``, see :mod:`selfsup.pseudo.storage`); fills
+            ``Frames.depth_maps`` (metres, 0 = unknown) of every frame. None: no depth maps.
+        pseudo_semantic_dir: folder written by ``scripts/generate_pseudo_semantics.py``;
+            fills ``Frames.semantic_maps`` (Occ3D classes, 255 = unlabelled). None: none.
+
+    Pseudo maps are resized and cropped like the images (same ``ResizeCrop``, nearest
+    sampling, as in :class:`~selfsup.data.nuscenes.NuScenesFrames`); their sample ids are
+    ``Frames.tokens`` (``scene/time_us``).
 
     Raises:
         FileNotFoundError: missing scene folder / JSON, calibration, image or point cloud.
@@ -105,6 +114,8 @@ class DDADFrames(Dataset):
         load_lidar: bool = True,
         ego_mask_dir: str | None = None,
         allow_missing_neighbours: bool = False,
+        pseudo_depth_dir: str | None = None,
+        pseudo_semantic_dir: str | None = None,
     ) -> None:
         if 0 in neighbours:
             raise ValueError(f"neighbours are offsets other than 0 (frame 0 is always the current one), got {neighbours}")
@@ -113,6 +124,9 @@ class DDADFrames(Dataset):
         self.neighbours = tuple(int(n) for n in neighbours)
         self.load_lidar = load_lidar
         self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
+        # pseudo labels (selfsup.pseudo PNG format), opened at the first __getitem__
+        self.pseudo_dirs = {k: d for k, d in (("depth", pseudo_depth_dir), ("semantic", pseudo_semantic_dir)) if d is not None}
+        self._pseudo_readers: dict = {}
         scenes = (scene,) if isinstance(scene, str) else tuple(scene)
         self.scenes = {name: self._read_scene(name) for name in scenes}
         hw = {fr["cams"][c]["hw"] for frames in self.scenes.values() for fr in frames for c in self.cameras}
@@ -217,6 +231,7 @@ class DDADFrames(Dataset):
         else:
             masks = torch.from_numpy(np.stack([
                 load_valid_mask(self.ego_mask_dir / f"{cam}_mask.png", self.transform) for cam in self.cameras]))
+        pseudo = self._pseudo_maps(name, [f"{name}/{frames[j]['time_us']}" for j in chosen])
         return Frames(
             images=torch.from_numpy(np.stack(images)),
             K=torch.from_numpy(np.stack(Ks).astype(np.float32)),
@@ -225,8 +240,23 @@ class DDADFrames(Dataset):
             timestamps=torch.tensor(stamps, dtype=torch.float64),
             frame_offsets=torch.tensor([j - idx for j in chosen], dtype=torch.int64),
             valid_masks=masks,
+            depth_maps=pseudo.get("depth"),
+            semantic_maps=pseudo.get("semantic"),
             points_ego=points,
             tokens=f"{name}/{frames[idx]['time_us']}",
             scene_names=name,
             camera_names=self.cameras,
         )
+
+    def _pseudo_maps(self, name: str, tokens: list[str]) -> dict:
+        """``{"depth": [T, V, h, w] float32, "semantic": [T, V, h, w] int16}`` of the configured readers."""
+        from selfsup.pseudo.storage import PseudoLabelReader, load_transformed
+
+        out = {}
+        for kind, folder in self.pseudo_dirs.items():
+            if kind not in self._pseudo_readers:
+                self._pseudo_readers[kind] = PseudoLabelReader(folder, kind)
+            reader = self._pseudo_readers[kind]
+            out[kind] = torch.from_numpy(np.stack([load_transformed(reader, name, tok, self.cameras, self.transform)
+                                                   for tok in tokens]))
+        return out

@@ -6,8 +6,9 @@ P points, C channels.
 """
 
 from render.gaussians import GaussianRenderOutput, rasterize_gaussians
+from render.geometry import project_points, quat_to_rotmat
 from render.grid import GridField, grid_spacing, sample_grid
-from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb, strided_pixel_grid
+from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb, rays_in_box, strided_pixel_grid
 from render.volume import (
     DensityRenderOutput,
     FieldSamples,
@@ -32,6 +33,9 @@ __all__ = [
     "jittered_pixel_grid",
     "strided_pixel_grid",
     "ray_aabb",
+    "rays_in_box",
+    "project_points",
+    "quat_to_rotmat",
     "FieldSamples",
     "VolumeRenderOutput",
     "DensityRenderOutput",

@@ -30,13 +30,21 @@ from jaxtyping import Float
 from torch import Tensor
 
 from render.grid import GridField, grid_spacing, sample_grid
-from render.rays import jittered_pixel_grid, pixel_rays, ray_aabb, strided_pixel_grid
+from render.rays import jittered_pixel_grid, pixel_rays, ray_aabb, rays_in_box, strided_pixel_grid
 from render.volume import FieldSamples, NeuSRenderer
 from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
 from selfsup.losses import axis_offsets, eikonal_loss, grid_eikonal_loss, grid_hessian_loss, hessian_loss, masked_mean
 from selfsup.losses.stereo import inverse_depth_candidates, photometric_depth_search
-from selfsup.model_api import OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene, read_nearest
+from selfsup.model_api import (
+    OccupancyModel,
+    OccupancyPrediction,
+    PixelGrid,
+    RenderedViews,
+    Scene,
+    check_choice,
+    read_nearest,
+)
 from selfsup.objectives import depth_objective, photometric_objective, rgb_objective, semantic_objective
 from selfsup.representations.triplane_sdf import TPVPlanes, TriplaneSDF
 from selfsup.voxelizer import voxelize_field
@@ -157,14 +165,11 @@ class SDFOcc(OccupancyModel):
             raise ValueError(f"SDFOcc: field_resolution must be 3 sizes >= 3, got {field_resolution}")
         if (loss_weights or {}).get("search", 0) > 0 and search_candidates < 2:
             raise ValueError("SDFOcc: loss_weights['search'] > 0 needs search_candidates >= 2")
-        if ray_sampling not in ("jitter", "strided"):
-            raise ValueError(f"SDFOcc: ray_sampling must be 'jitter' or 'strided', got {ray_sampling!r}")
+        check_choice("SDFOcc", "ray_sampling", ray_sampling, ("jitter", "strided"))
         if cos_anneal_steps < 0:
             raise ValueError(f"SDFOcc: cos_anneal_steps must be >= 0, got {cos_anneal_steps}")
-        if photometric_reduction not in ("min", "mean"):
-            raise ValueError(f"SDFOcc: photometric_reduction must be 'min' or 'mean', got {photometric_reduction!r}")
-        if depth_source not in ("none", "lidar", "pseudo"):
-            raise ValueError(f"SDFOcc: depth_source must be 'none', 'lidar' or 'pseudo', got {depth_source!r}")
+        check_choice("SDFOcc", "photometric_reduction", photometric_reduction, ("min", "mean"))
+        check_choice("SDFOcc", "depth_source", depth_source, ("none", "lidar", "pseudo"))
         if (loss_weights or {}).get("depth", 0) > 0 and depth_source == "none" and "depth" not in (objectives or {}):
             raise ValueError("SDFOcc: loss_weights['depth'] > 0 needs depth_source='lidar' or 'pseudo'")
         if not 0 <= near < far:
@@ -222,7 +227,7 @@ class SDFOcc(OccupancyModel):
             ValueError: if ``batch`` is not batched.
         """
         if not batch.batched:
-            raise ValueError("SDFOcc.encode: expected a batched Frames (use collate_frames)")
+            raise ValueError("SDFOcc: expected a batched Frames (images [B, T, V, 3, H, W]); use collate_frames")
         images = batch.images[:, 0]
         rep = self.representation
 
@@ -283,15 +288,7 @@ class SDFOcc(OccupancyModel):
 
         return field
 
-    def render(
-        self,
-        scene: TPVScene,
-        K: Float[Tensor, "B V 3 3"],
-        T_ego_cam: Float[Tensor, "B V 4 4"],
-        grid: PixelGrid,
-        times: Float[Tensor, "B"] | None = None,
-        features: bool = True,
-    ) -> RenderedViews:
+    def render(self, scene: TPVScene, K: Tensor, T_ego_cam: Tensor, grid: PixelGrid, times=None, features=True) -> RenderedViews:
         """NeuS rendering of the rays through ``grid.pixels`` of every camera (the field is
         static: ``times`` is ignored). Depth is the opacity-normalised expected distance
         times each ray's depth per unit distance (SelfOcc); ``sample_points`` are detached;
@@ -303,11 +300,8 @@ class SDFOcc(OccupancyModel):
         batch, views = K.shape[:2]
         R = grid.num_rays
         uv = grid.pixels.to(K.device)
-        rays = pixel_rays(K, T_ego_cam, uv.expand(batch, views, -1, -1))
         lower, upper = self.representation.grid.box(uv.device)
-        t_near, t_far, _ = ray_aabb(rays.origins, rays.directions, lower, upper)
-        near = t_near.clamp_min(self.near)
-        far = torch.minimum(t_far, torch.full_like(t_far, self.far))
+        rays, near, far = rays_in_box(K, T_ego_cam, uv.expand(batch, views, -1, -1), lower, upper, self.near, self.far)
         rep = self.representation
         if not features:
             channels = 0

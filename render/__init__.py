@@ -6,7 +6,8 @@ P points, C channels.
 """
 
 from render.gaussians import GaussianRenderOutput, rasterize_gaussians
-from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb
+from render.geometry import project_points, quat_to_rotmat
+from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb, rays_in_box
 from render.volume import (
     DensityRenderOutput,
     FieldSamples,
@@ -27,6 +28,9 @@ __all__ = [
     "pixel_rays",
     "jittered_pixel_grid",
     "ray_aabb",
+    "rays_in_box",
+    "project_points",
+    "quat_to_rotmat",
     "FieldSamples",
     "VolumeRenderOutput",
     "DensityRenderOutput",

@@ -160,9 +160,10 @@ def neus_alpha(
     How ``c <= 0`` is enforced, following NeuS and SelfOcc's code (``iter_cos``):
     ``c = -(relu(0.5 - 0.5 cos) (1 - r) + relu(-cos) r)`` with the anneal ratio ``r``. SelfOcc
     never calls its anneal hook, so it runs with ``r = 1``, i.e. ``c = -relu(-cos)``, our
-    default; NeuS anneals ``r`` from 0 to 1 over the first 50k iterations. Note that
-    /work/shared/REFERENCES.md writes the formula with ``f + c d/2`` first; read with
-    ``c = |cos|`` that is the same as here (it is the near-end value that comes first).
+    default; NeuS anneals ``r`` from 0 to 1 over the first 50k iterations. This is NeuS
+    eq. 13, ``alpha_i = max((Phi_s(f(p(t_i))) - Phi_s(f(p(t_i+1)))) / Phi_s(f(p(t_i))), 0)``,
+    with the near-end value first, and the interval ends estimated from the midpoint as in
+    its code (``render_core``: ``estimated_prev_sdf = sdf - iter_cos * dists * 0.5``).
 
     The ``1e-5`` gives every free-space interval an opacity of about ``1e-5``; for a linear
     SDF the formula is otherwise exact, so the expected distance is biased towards the near

@@ -13,41 +13,13 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from render.geometry import project_points  # noqa: F401  (re-exported: selfsup.losses.project_points)
+
 # monodepth2's SSIM constants for images in [0, 1]: C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 1.
 _C1 = 0.01**2
 _C2 = 0.03**2
 # Weight of the SSIM term in the photometric error (monodepth2 eq. 1, SelfOcc).
 SSIM_WEIGHT = 0.85
-
-
-def project_points(
-    points: Float[Tensor, "*b P 3"],
-    K: Float[Tensor, "*b 3 3"],
-    T_ego_cam: Float[Tensor, "*b 4 4"],
-    min_depth: float = 0.1,
-) -> tuple[Float[Tensor, "*b P 2"], Float[Tensor, "*b P"], Bool[Tensor, "*b P"]]:
-    """Project ego-frame points into a pinhole camera.
-
-    Args:
-        points: points in the ego frame ``T_ego_cam`` maps into, metres.
-        K: intrinsics, pixels.
-        T_ego_cam: camera (OpenCV) -> ego.
-        min_depth: points with camera z below this (metres) are "behind" the camera.
-
-    Returns:
-        ``(uv, depth, in_front)``: pixel coordinates (u column, v row; pixel centres at
-        +0.5, the ``render.rays`` convention), camera z in metres, and ``depth > min_depth``.
-        ``uv`` of points behind the camera is meaningless (finite).
-    """
-    R = T_ego_cam[..., :3, :3]
-    t = T_ego_cam[..., :3, 3]
-    # p_cam = R^T (p_ego - t): the inverse of a rigid transform without a matrix inverse.
-    p_cam = (points - t[..., None, :]) @ R
-    depth = p_cam[..., 2]
-    in_front = depth > min_depth
-    pix = p_cam @ K.transpose(-1, -2)
-    uv = pix[..., :2] / depth.clamp_min(min_depth)[..., None]
-    return uv, depth, in_front
 
 
 def sample_image(

@@ -22,12 +22,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from render.rays import pixel_rays, ray_aabb
+from render.rays import rays_in_box
 from render.volume import FieldSamples, NeuSRenderer
 from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
 from selfsup.losses import axis_offsets, eikonal_loss, hessian_loss
-from selfsup.model_api import OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene
+from selfsup.model_api import OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene, check_choice
 from selfsup.objectives import depth_objective, photometric_objective, rgb_objective, semantic_objective
 from selfsup.representations.triplane_sdf import TPVPlanes, TriplaneSDF
 from selfsup.voxelizer import voxelize_field
@@ -110,8 +110,7 @@ class SDFOcc(OccupancyModel):
         min_opacity: float = 0.05,
     ):
         super().__init__()
-        if depth_source not in ("none", "lidar", "pseudo"):
-            raise ValueError(f"SDFOcc: depth_source must be 'none', 'lidar' or 'pseudo', got {depth_source!r}")
+        check_choice("SDFOcc", "depth_source", depth_source, ("none", "lidar", "pseudo"))
         if (loss_weights or {}).get("depth", 0) > 0 and depth_source == "none" and "depth" not in (objectives or {}):
             raise ValueError("SDFOcc: loss_weights['depth'] > 0 needs depth_source='lidar' or 'pseudo'")
         if not 0 <= near < far:
@@ -141,29 +140,16 @@ class SDFOcc(OccupancyModel):
         self.representation = representation
         self.renderer = renderer
         self.rays_hw = self.train_grid_hw = tuple(rays_hw)
-        self.near = near
-        self.far = far
-        self.depth_source = depth_source
-        self.hessian_points = hessian_points
-        self.hessian_step = hessian_step
-        self.sdf_threshold = sdf_threshold
-        self.min_opacity = min_opacity
+        self.near, self.far, self.depth_source = near, far, depth_source
+        self.hessian_points, self.hessian_step = hessian_points, hessian_step
+        self.sdf_threshold, self.min_opacity = sdf_threshold, min_opacity
 
     # ------------------------------------------------------------------ stages
     def encode(self, batch: Frames) -> TPVScene:
-        """Encode the current frame's images and lift them into the TPV planes.
-
-        Raises:
-            ValueError: if ``batch`` is not batched.
-        """
-        if not batch.batched:
-            raise ValueError("SDFOcc.encode: expected a batched Frames (use collate_frames)")
-        images = batch.images[:, 0]
-        features = self.encoder(images)
-        planes = self.representation.build(
-            features, self.encoder.strides, batch.K[:, 0], batch.T_ego_cam[:, 0], tuple(images.shape[-2:])
-        )
-        return TPVScene(planes=planes)
+        """The current frame's image features lifted into the TPV planes."""
+        features = self.current_image_features(batch)
+        image_hw = tuple(batch.images.shape[-2:])
+        return TPVScene(self.representation.build(features, self.encoder.strides, batch.K[:, 0], batch.T_ego_cam[:, 0], image_hw))
 
     def _field(self, planes: TPVPlanes) -> Callable[[Tensor], FieldSamples]:
         """The renderer's field callable for one batch element's planes (batch dim 1)."""
@@ -176,15 +162,7 @@ class SDFOcc(OccupancyModel):
 
         return field
 
-    def render(
-        self,
-        scene: TPVScene,
-        K: Float[Tensor, "B V 3 3"],
-        T_ego_cam: Float[Tensor, "B V 4 4"],
-        grid: PixelGrid,
-        times: Float[Tensor, "B"] | None = None,
-        features: bool = True,
-    ) -> RenderedViews:
+    def render(self, scene: TPVScene, K: Tensor, T_ego_cam: Tensor, grid: PixelGrid, times=None, features=True) -> RenderedViews:
         """NeuS rendering of the rays through ``grid.pixels`` of every camera (the field is
         static: ``times`` is ignored). Depth is the opacity-normalised expected distance
         times each ray's depth per unit distance (SelfOcc); ``sample_points`` are detached;
@@ -192,11 +170,8 @@ class SDFOcc(OccupancyModel):
         batch, views = K.shape[:2]
         R = grid.num_rays
         uv = grid.pixels.to(K.device)
-        rays = pixel_rays(K, T_ego_cam, uv.expand(batch, views, -1, -1))
         lower, upper = self.representation.grid.box(uv.device)
-        t_near, t_far, _ = ray_aabb(rays.origins, rays.directions, lower, upper)
-        near = t_near.clamp_min(self.near)
-        far = torch.minimum(t_far, torch.full_like(t_far, self.far))
+        rays, near, far = rays_in_box(K, T_ego_cam, uv.expand(batch, views, -1, -1), lower, upper, self.near, self.far)
         outputs = [
             self.renderer(
                 self._field(scene.planes.select(b)),

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from selfsup.grid import OCC3D_GRID, VoxelGrid
-from selfsup.losses.photometric import project_points
+from selfsup.camera import sample_multiview_features
 
 
 @dataclass
@@ -217,25 +217,20 @@ class TriplaneSDF(nn.Module):
             raise ValueError(f"TriplaneSDF.lift: {len(features)} feature levels but {len(strides)} strides")
         points, slices = self._pillar_points()  # [P 3]
         batch, n_views = K.shape[:2]
-        height, width = image_hw
         channels = features[0].shape[2]
         total = torch.zeros(batch, channels, points.shape[0], device=points.device, dtype=features[0].dtype)
         count = torch.zeros(batch, 1, points.shape[0], device=points.device, dtype=features[0].dtype)
         pts = points.expand(batch, -1, -1)
-        # A loop over cameras bounds memory at one [B, C, P] sample per camera.
+        # A loop over cameras bounds memory at one [B, C, P] sample per camera. Border
+        # padding: visibility is decided by the sampler, the padding only guards the
+        # half-cell rim of the feature map.
         for v in range(n_views):
-            uv, _, in_front = project_points(pts, K[:, v], T_ego_cam[:, v])
-            inside = in_front & (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
-            vis = inside.to(total.dtype)[:, None]  # [B 1 P]
-            sampled = 0.0
-            for feat, stride in zip(features, strides):
-                fh, fw = feat.shape[-2:]
-                scale = torch.tensor([2.0 / (fw * stride), 2.0 / (fh * stride)], device=uv.device, dtype=uv.dtype)
-                grid = (uv * scale - 1.0)[:, None]  # [B 1 P 2]
-                # Border padding: visibility is decided above, the padding only guards the
-                # half-cell rim of the feature map.
-                read = F.grid_sample(feat[:, v], grid, mode="bilinear", padding_mode="border", align_corners=False)
-                sampled = sampled + read[:, :, 0]
+            values, inside = sample_multiview_features(
+                [f[:, v : v + 1] for f in features], pts, K[:, v : v + 1], T_ego_cam[:, v : v + 1], image_hw,
+                strides, padding_mode="border",
+            )
+            vis = inside.to(total.dtype)  # [B 1 P]
+            sampled = sum(value[:, 0] for value in values)  # [B C P]
             total = total + vis * sampled / len(features)
             count = count + vis
         lifted = total / count.clamp_min(1.0)  # [B C P]

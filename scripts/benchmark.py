@@ -3,13 +3,15 @@
     python scripts/benchmark.py eval   [--device cpu|cuda] [--json-out FILE]
     python scripts/benchmark.py render [--device cpu|cuda] [--json-out FILE]
     python scripts/benchmark.py bev    [--device cpu|cuda] [--json-out FILE]
+    python scripts/benchmark.py sdf    [--device cpu|cuda] [--json-out FILE]
     python scripts/benchmark.py all    [--json-out FILE]   # every benchmark on every device here
 
 eval: ms per sample of Occ3D mIoU and RayIoU on a realistic 200x200x16 case, for each
 RayIoU marcher (PyTorch and C++ on CPU, PyTorch and CUDA on GPU) (scripts/bench_eval.py); render: Gaussians x pixels per second of the Gaussian rasterizer
 (scripts/bench_render.py); bev: LSS splat ms / points per second at the FlashOcc M1 size and
 the FlashOcc M1 / BEVDet-Occ 3D forward ms and peak memory on 6 x 256 x 704 images
-(scripts/bench_bev.py).
+(scripts/bench_bev.py); sdf: training and evaluation rendering rays per second of the SDF
+tri-plane model, dense-grid and per-sample fields (scripts/bench_sdf.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_bev  # noqa: E402
 import bench_eval  # noqa: E402
 import bench_render  # noqa: E402
+import bench_sdf  # noqa: E402
 
 from selfsup.io import atomic_write_text  # noqa: E402
 
@@ -36,7 +39,7 @@ def eval_all_backends(device: str) -> dict:
     return {backend: bench_eval.run(device=device, backend=backend) for backend in backends}
 
 
-BENCHMARKS = {"eval": eval_all_backends, "render": bench_render.run, "bev": bench_bev.run}
+BENCHMARKS = {"eval": eval_all_backends, "render": bench_render.run, "sdf": bench_sdf.run, "bev": bench_bev.run}
 
 
 def machine() -> dict:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.camera import pose_matrix
 from selfsup.data.frames import Frames
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
 from selfsup.data.occ_gt import attach_occ_gt
@@ -40,16 +41,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def _pose(p: dict, what: str) -> np.ndarray:
     """DGP protobuf-JSON pose ``{translation: {x,y,z}, rotation: {qw,qx,qy,qz}}`` -> 4x4."""
-    from pyquaternion import Quaternion
-
     try:
         t, q = p["translation"], p["rotation"]
-        T = np.eye(4)
-        T[:3, :3] = Quaternion(q["qw"], q["qx"], q["qy"], q["qz"]).rotation_matrix
-        T[:3, 3] = [t.get("x", 0.0), t.get("y", 0.0), t.get("z", 0.0)]
-    except (KeyError, TypeError) as e:
+        rotation_wxyz = (q["qw"], q["qx"], q["qy"], q["qz"])
+        translation = (t.get("x", 0.0), t.get("y", 0.0), t.get("z", 0.0))
+    except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{what}: pose needs translation.x/y/z and rotation.qw/qx/qy/qz, got {p!r}") from e
-    return T
+    return pose_matrix(rotation_wxyz, translation)
 
 
 def _microseconds(iso: str) -> int:
@@ -87,6 +85,15 @@ class DDADFrames(Dataset):
         ego_mask_dir: folder with ``<CAMERA>_mask.png`` (255 = scene); ``None`` marks
             every pixel valid.
         allow_missing_neighbours: see above.
+        pseudo_depth_dir: folder written by ``scripts/generate_pseudo_depth.py`` (PNG per
+            camera + ``manifest.json``, see :mod:`selfsup.pseudo.storage`); fills
+            ``Frames.depth_maps`` (metres, 0 = unknown) of every frame. None: no depth maps.
+        pseudo_semantic_dir: folder written by ``scripts/generate_pseudo_semantics.py``;
+            fills ``Frames.semantic_maps`` (Occ3D classes, 255 = unlabelled). None: none.
+
+    Pseudo maps are resized and cropped like the images (same ``ResizeCrop``, nearest
+    sampling, as in :class:`~selfsup.data.nuscenes.NuScenesFrames`); their sample ids are
+    ``Frames.tokens`` (``scene/time_us``).
         gt_dir: folder of Occ3D-format voxel GT (``scripts/generate_occ_gt.py`` output,
             ``{gt_dir}/{scene}/{timestamp}/labels.npz``, see
             :func:`selfsup.occ_gt.paths.gt_label_path`); fills the ``Frames.occ_*`` fields of
@@ -111,6 +118,8 @@ class DDADFrames(Dataset):
         load_lidar: bool = True,
         ego_mask_dir: str | None = None,
         allow_missing_neighbours: bool = False,
+        pseudo_depth_dir: str | None = None,
+        pseudo_semantic_dir: str | None = None,
         gt_dir: str | None = None,
     ) -> None:
         if 0 in neighbours:
@@ -121,6 +130,9 @@ class DDADFrames(Dataset):
         self.load_lidar = load_lidar
         self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
         self.gt_dir = None if gt_dir is None else Path(gt_dir)
+        # pseudo labels (selfsup.pseudo PNG format), opened at the first __getitem__
+        self.pseudo_dirs = {k: d for k, d in (("depth", pseudo_depth_dir), ("semantic", pseudo_semantic_dir)) if d is not None}
+        self._pseudo_readers: dict = {}
         scenes = (scene,) if isinstance(scene, str) else tuple(scene)
         self.scenes = {name: self._read_scene(name) for name in scenes}
         hw = {fr["cams"][c]["hw"] for frames in self.scenes.values() for fr in frames for c in self.cameras}
@@ -234,6 +246,7 @@ class DDADFrames(Dataset):
         else:
             masks = torch.from_numpy(np.stack([
                 load_valid_mask(self.ego_mask_dir / f"{cam}_mask.png", self.transform) for cam in self.cameras]))
+        pseudo = self._pseudo_maps(name, [f"{name}/{frames[j]['time_us']}" for j in chosen])
         sample = Frames(
             images=torch.from_numpy(np.stack(images)),
             K=torch.from_numpy(np.stack(Ks).astype(np.float32)),
@@ -242,9 +255,24 @@ class DDADFrames(Dataset):
             timestamps=torch.tensor(stamps, dtype=torch.float64),
             frame_offsets=torch.tensor([j - idx for j in chosen], dtype=torch.int64),
             valid_masks=masks,
+            depth_maps=pseudo.get("depth"),
+            semantic_maps=pseudo.get("semantic"),
             points_ego=points,
             tokens=f"{name}/{frames[idx]['time_us']}",
             scene_names=name,
             camera_names=self.cameras,
         )
         return sample if self.gt_dir is None else attach_occ_gt(sample, self.gt_dir)
+
+    def _pseudo_maps(self, name: str, tokens: list[str]) -> dict:
+        """``{"depth": [T, V, h, w] float32, "semantic": [T, V, h, w] int16}`` of the configured readers."""
+        from selfsup.pseudo.storage import PseudoLabelReader, load_transformed
+
+        out = {}
+        for kind, folder in self.pseudo_dirs.items():
+            if kind not in self._pseudo_readers:
+                self._pseudo_readers[kind] = PseudoLabelReader(folder, kind)
+            reader = self._pseudo_readers[kind]
+            out[kind] = torch.from_numpy(np.stack([load_transformed(reader, name, tok, self.cameras, self.transform)
+                                                   for tok in tokens]))
+        return out

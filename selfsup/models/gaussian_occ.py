@@ -24,7 +24,8 @@ from selfsup.grid import OCC3D_GRID, VoxelGrid
 from selfsup.losses.gaussian import flow_regularization
 from selfsup.losses.photometric import masked_mean
 from selfsup.model_api import (
-    ModelOutput, OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene, depth_image, read_nearest,
+    ModelOutput, OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene, check_choice, depth_image,
+    read_nearest,
 )
 from selfsup.objectives import depth_objective, depth_target, photometric_objective, rgb_objective, semantic_objective
 from selfsup.representations.gaussians import Gaussians, GaussianDecoder, GaussianFlow, voxelize_gaussians
@@ -155,10 +156,8 @@ class GaussianOcc(OccupancyModel):
         objectives: Mapping[str, Callable] | None = None,
     ):
         super().__init__()
-        if depth_source not in ("lidar", "pseudo"):
-            raise ValueError(f"GaussianOcc: depth_source must be 'lidar' or 'pseudo', got {depth_source!r}")
-        if depth_loss_on not in ("accumulated", "expected"):
-            raise ValueError(f"GaussianOcc: depth_loss_on must be 'accumulated' or 'expected', got {depth_loss_on!r}")
+        check_choice("GaussianOcc", "depth_source", depth_source, ("lidar", "pseudo"))
+        check_choice("GaussianOcc", "depth_loss_on", depth_loss_on, ("accumulated", "expected"))
         current = supervise_current_depth or depth_source == "pseudo"
         defaults: dict[str, Callable] = {
             "depth": functools.partial(
@@ -186,30 +185,15 @@ class GaussianOcc(OccupancyModel):
 
     # ------------------------------------------------------------------ stages
     def encode(self, batch: Frames) -> GaussianScene:
-        """Gaussians (batched, ego frame of the current frame) from the current frame's images.
-
-        Raises:
-            ValueError: if ``batch`` is not batched.
-        """
-        if not batch.batched:
-            raise ValueError("GaussianOcc.encode: expects a batch (images [B, T, V, 3, H, W]); use collate_frames")
-        images = batch.images[:, 0]
-        feats = self.encoder(images)
-        return GaussianScene(self.decoder(feats, batch.K[:, 0], batch.T_ego_cam[:, 0], tuple(images.shape[-2:])))
+        """Gaussians (batched, ego frame of the current frame) from the current frame's images."""
+        feats = self.current_image_features(batch)
+        return GaussianScene(self.decoder(feats, batch.K[:, 0], batch.T_ego_cam[:, 0], tuple(batch.images.shape[-2:])))
 
     def decode(self, batch: Frames) -> Gaussians:
         """The Gaussians of :meth:`encode`."""
         return self.encode(batch).gaussians
 
-    def render(
-        self,
-        scene: GaussianScene,
-        K: Float[Tensor, "B V 3 3"],
-        T_ego_cam: Float[Tensor, "B V 4 4"],
-        grid: PixelGrid,
-        times: Float[Tensor, "B"] | None = None,
-        features: bool = True,
-    ) -> RenderedViews:
+    def render(self, scene: GaussianScene, K: Tensor, T_ego_cam: Tensor, grid: PixelGrid, times=None, features=True) -> RenderedViews:
         """Splat the Gaussians, moved by the flow to ``times`` (seconds from the current
         frame; None or no flow = static), at the pixel centres of a regular grid
         (intrinsics rescaled from ``grid.image_hw`` to ``grid.grid_hw``).
@@ -313,7 +297,7 @@ class GaussianOcc(OccupancyModel):
                 and ``supervise_current_depth=False``.
         """
         if (
-            batch.batched and batch.images.shape[1] == 1 and self.loss_weights["depth"] > 0
+            batch.images.dim() == 6 and batch.images.shape[1] == 1 and self.loss_weights["depth"] > 0
             and self.depth_source == "lidar" and not self.supervise_current_depth
         ):
             raise ValueError(

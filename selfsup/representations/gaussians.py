@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from jaxtyping import Float, UInt8
 from torch import Tensor, nn
 
+from render.geometry import quat_to_rotmat  # noqa: F401  (the one quaternion -> rotation; re-exported)
+from selfsup.camera import sample_multiview_features
+from selfsup.constants import DYNAMIC_CLASSES, NUM_SEMANTIC_CLASSES
 from selfsup.grid import OCC3D_FREE, OCC3D_GRID, VoxelGrid
 
 # Occ3D-nuScenes classes that can move (mIoU_D): bicycle, bus, car, construction_vehicle,
 # motorcycle, pedestrian, trailer, truck.
-DYNAMIC_CLASSES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 9, 10)
-NUM_SEMANTIC_CLASSES = 17
 
 
 @dataclass
@@ -78,20 +79,6 @@ class Gaussians:
     def moved(self, means: Float[Tensor, "*b N 3"]) -> "Gaussians":
         """The same Gaussians with new centres (for rendering at another timestamp)."""
         return replace(self, means=means)
-
-
-def quat_to_rotmat(quats: Float[Tensor, "*n 4"]) -> Float[Tensor, "*n 3 3"]:
-    """Rotation matrices of (w, x, y, z) quaternions; the input is normalised first.
-
-    Source: the standard unit-quaternion to rotation-matrix formula (as in gsplat).
-    """
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    rows = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    )  # fmt: skip
-    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 
 def gaussian_precision(
@@ -301,21 +288,14 @@ class ImageCrossAttention(nn.Module):
         p = self.num_points
         offsets = torch.tanh(self.offsets(query).view(b, n, p, 3)) * self.offset_range
         pts = means[:, :, None, :] + offsets  # [B N P 3] ego
-        T_cam_ego = torch.linalg.inv(T_ego_cam)
-        pts_cam = torch.einsum("bvij,bnpj->bvnpi", T_cam_ego[..., :3, :3], pts) + T_cam_ego[:, :, None, None, :3, 3]
-        z = pts_cam[..., 2]
-        uvw = torch.einsum("bvij,bvnpj->bvnpi", K, pts_cam)
-        uv = uvw[..., :2] / z.clamp(min=1e-3)[..., None]
-        h, w = image_hw
-        grid = torch.stack([uv[..., 0] / w * 2 - 1, uv[..., 1] / h * 2 - 1], dim=-1)  # align_corners=False
-        visible = (z > 0.1) & (grid.abs() <= 1).all(-1)  # [B V N P]
-        grid = torch.where(visible[..., None], grid, torch.full_like(grid, -2.0)).flatten(0, 1)  # [BV N P 2]
+        # Levels taken to span the image (no strides), zeros outside.
+        values, visible = sample_multiview_features(feats[: self.num_levels], pts.flatten(1, 2), K, T_ego_cam, image_hw)
+        visible = visible.unflatten(-1, (n, p))  # [B V N P]
         count = visible.sum(1).clamp(min=1).to(query.dtype)  # [B N P]
         attn = self.weights(query).view(b, n, self.num_levels, p).flatten(2).softmax(-1).view(b, n, self.num_levels, p)
         out = query.new_zeros(b, n, feats[0].shape[2])
-        for lvl, f in enumerate(feats[: self.num_levels]):
-            sampled = F.grid_sample(f.flatten(0, 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            sampled = sampled.unflatten(0, (b, -1)) * visible[:, :, None]  # [B V C N P]
+        for lvl, value in enumerate(values):
+            sampled = value.unflatten(-1, (n, p)) * visible[:, :, None]  # [B V C N P]
             mean_over_cams = sampled.sum(1) / count[:, None]  # [B C N P]
             out = out + torch.einsum("bcnp,bnp->bnc", mean_over_cams, attn[:, :, lvl])
         return self.out(self.value(out))

@@ -139,7 +139,7 @@ def test_forward_backward_on_ddad(trained_step):
         "rotation": model.decoder.rotation_head[-1].weight.grad,
         "semantic": model.decoder.semantic_head[-1].weight.grad,
         "colour": model.decoder.color_head[-1].weight.grad,
-        "positions": model.decoder.position_logits.grad,
+        "positions": model.decoder.initial_means.grad,
         "flow": model.flow.mlp[-1].bias.grad,
     }
     for name, grad in grads.items():

@@ -10,7 +10,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from eval.depth import DepthMetricAccumulator, distance_bin
+import contextlib
+
+import torch.nn.functional as F
+
+from eval.depth import DepthMetricAccumulator, PointDepthAccumulator, distance_bin
 from selfsup.camera import scale_intrinsics
 from selfsup.data.frames import Frames, collate_frames
 from selfsup.model_api import OccupancyModel
@@ -23,6 +27,7 @@ class LidarDepth:
     rows: Int[Tensor, "M"]
     cols: Int[Tensor, "M"]
     depth: Float[Tensor, "M"]
+    uv: Float[Tensor, "M 2"] | None = None  # continuous pixel coordinates (centres at +0.5)
 
 
 def project_lidar(
@@ -41,7 +46,7 @@ def project_lidar(
     uv = (xyz @ K.T)[:, :2] / z.clamp(min=1e-6)[:, None]
     col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
     keep = (z > min_depth) & (z < max_depth) & (col >= 0) & (col < hw[1]) & (row >= 0) & (row < hw[0])
-    return LidarDepth(rows=row[keep], cols=col[keep], depth=z[keep])
+    return LidarDepth(rows=row[keep], cols=col[keep], depth=z[keep], uv=uv[keep])
 
 
 def frame_lidar_targets(
@@ -55,6 +60,80 @@ def frame_lidar_targets(
         for v in range(K.shape[1])
     ]
     return K, targets
+
+
+DEPTH_PROTOCOLS: tuple[str, ...] = ("selfocc", "gaussianflowocc", "gaussianflowocc_exact")
+GAUSSIANFLOWOCC_MAX_GT_DEPTH = 40.0  # its LiDAR targets keep depth <= 40 m
+
+
+@contextlib.contextmanager
+def _accumulated_depth(model: OccupancyModel):
+    """Make ``model.render_depth`` return accumulated depth sum_i w_i z_i (GaussianFlowOcc
+    evaluates the raw 'D' channel of gsplat's RGB+D) for the duration."""
+    if not hasattr(model, "eval_depth"):
+        raise ValueError(
+            f"depth protocol 'gaussianflowocc*' needs accumulated depth; {type(model).__name__} has no "
+            "'eval_depth' option (only GaussianOcc renders it)"
+        )
+    old = model.eval_depth
+    model.eval_depth = "accumulated"
+    try:
+        yield
+    finally:
+        model.eval_depth = old
+
+
+def _bilinear(depth: Float[Tensor, "H W"], uv: Float[Tensor, "M 2"], align_corners: bool) -> Float[Tensor, "M"]:
+    """Bilinear samples of a depth image at continuous pixel coordinates, normalised as
+    GaussianFlowOcc does (``uv / (W, H) * 2 - 1``) for either ``align_corners``."""
+    h, w = depth.shape
+    grid = uv / torch.tensor([w, h], dtype=uv.dtype, device=uv.device) * 2 - 1
+    out = F.grid_sample(depth[None, None].to(uv.dtype), grid[None, None], mode="bilinear", align_corners=align_corners)
+    return out[0, 0, 0]
+
+
+@torch.no_grad()
+def evaluate_depth_gaussianflowocc(
+    model: OccupancyModel,
+    dataset,
+    depth_hw: tuple[int, int],
+    exact: bool = False,
+    device: torch.device | str = "cpu",
+    indices: list[int] | None = None,
+) -> dict:
+    """Depth of the current frame under GaussianFlowOcc's own protocol (``tools/eval_depth.py``,
+    ``mmdet3d/apis/test_depth.py`` at commit 0ad693e): accumulated depth rendered at
+    ``depth_hw`` (it uses 256 x 704), LiDAR points with depth in (1e-3, 40] m, the
+    prediction sampled bilinearly at each point's continuous pixel position, clamped to
+    [1e-3, 80] m, raw only (no median scaling). ``exact=False`` (its default): points of
+    all cameras of a sample pooled, metrics averaged over samples, ``align_corners=True``;
+    ``exact=True`` (``--exact``): pooled over every point of the split,
+    ``align_corners=False``.
+
+    Returns:
+        {"overall": {"raw": {"all": metrics, "bins": ...}}, "per_camera": {}, "maps": []}.
+
+    Raises:
+        ValueError: the model cannot render accumulated depth.
+    """
+    model.eval()
+    indices = list(range(len(dataset))) if indices is None else indices
+    acc = PointDepthAccumulator() if exact else DepthMetricAccumulator(eval_types=("raw",))
+    with _accumulated_depth(model):
+        for i in indices:
+            batch: Frames = collate_frames([dataset[i]]).to(device)
+            K, targets = frame_lidar_targets(batch, 0, depth_hw, 1e-3, GAUSSIANFLOWOCC_MAX_GT_DEPTH + 1e-6)
+            depth = model.render_depth(batch, K, batch.T_ego_cam[:, 0], *depth_hw)[0]
+            preds = [_bilinear(depth[v], t.uv, align_corners=not exact) for v, t in enumerate(targets) if t.depth.numel()]
+            gts = [t.depth for t in targets if t.depth.numel()]
+            if not gts:
+                continue
+            if exact:
+                for p, g in zip(preds, gts):
+                    acc.update(p.double().cpu(), g.double().cpu())
+            else:
+                acc.update(torch.cat(preds).double().cpu(), torch.cat(gts).double().cpu())
+    return {"overall": acc.compute(), "per_camera": {}, "maps": []}
 
 
 @torch.no_grad()

@@ -65,3 +65,31 @@ def test_depth_and_novel_depth_scripts_on_the_bundled_scene(tmp_path):
     novel = eval_novel_depth.main([*common, "--json-out", str(tmp_path / "n.json")])
     # the previous and next frames are 1.0 s away; the car moves ~1.3 m: one bin of 12 images
     assert list(novel["raw"]["bins"]) == [2] and novel["raw"]["all"]["num_images"] == 12
+
+
+def test_gaussianflowocc_depth_protocol_on_the_bundled_scene():
+    """eval_depth.py --protocol gaussianflowocc[_exact] on the untrained tiny Gaussian model:
+    accumulated depth, LiDAR <= 40 m, pooled per sample or over all points."""
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    import eval_depth
+
+    tiny = ["--set", "train_data.dataset.image_hw=(48,88)", "model.decoder.num_gaussians=64",
+            "eval.depth_hw=(24,44)"]  # fmt: skip
+    common = ["--py-config", str(repo / "config/gaussian_ddad_tiny.py"), *tiny, "--init"]
+    per_sample = eval_depth.main([*common, "--protocol", "gaussianflowocc"])["model"]["overall"]["raw"]["all"]
+    exact = eval_depth.main([*common, "--protocol", "gaussianflowocc_exact"])["model"]["overall"]["raw"]["all"]
+    assert per_sample["num_images"] == 1  # one sample: all cameras pooled into one update
+    assert exact["num_images"] == 6 and exact["num_points"] > 1000
+    assert 0 < exact["abs_rel"] < 10 and 0 < per_sample["abs_rel"] < 10
+    sdf = ["--py-config", str(repo / "config/sdf_ddad_tiny.py"), "--set", "train_data.dataset.image_hw=(48,88)",
+           "model.encoder.out_channels=16", "model.representation.resolution=(24,24,4)",
+           "model.representation.feat_channels=16", "model.representation.plane_channels=8",
+           "model.representation.hidden=16", "--init"]  # fmt: skip
+    with pytest.raises(ValueError, match="accumulated depth"):
+        eval_depth.main([*sdf, "--protocol", "gaussianflowocc"])

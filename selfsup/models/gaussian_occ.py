@@ -107,6 +107,11 @@ class GaussianOcc(OccupancyModel):
         grid, nbh, density_threshold, max_z_index: voxelization, see
             :func:`selfsup.representations.gaussians.voxelize_gaussians`.
         alpha_min: ``render_depth`` reports 0 where the accumulated alpha is below this.
+        eval_depth: what ``render_depth`` returns: "expected" (accumulated / alpha, our
+            default) or "accumulated" (sum_i w_i z_i, gsplat's "D", what GaussianFlowOcc
+            evaluates; ``alpha_min`` is not applied).
+        semantic_weight: voxelizer logit weighting, "falloff" (GaussianFlowOcc) or
+            "opacity_falloff" (see ``splat_gaussians_to_grid``).
         depth_loss_on: "accumulated" (sum_i w_i z_i, GaussianFlowOcc's choice: it also
             pushes the accumulated alpha towards 1 where there is a target) or "expected"
             (accumulated / alpha, the depth ``render_depth`` reports).
@@ -133,6 +138,8 @@ class GaussianOcc(OccupancyModel):
         max_z_index: int | None = 11,
         alpha_min: float = 0.05,
         depth_loss_on: str = "accumulated",
+        eval_depth: str = "expected",
+        semantic_weight: str = "falloff",
     ):
         super().__init__()
         unknown = set(loss_weights or {}) - set(GAUSSIAN_OCC_LOSS_WEIGHTS)
@@ -154,6 +161,10 @@ class GaussianOcc(OccupancyModel):
         self.grid, self.nbh = grid, nbh
         self.density_threshold, self.max_z_index = density_threshold, max_z_index
         self.alpha_min = alpha_min
+        if eval_depth not in ("expected", "accumulated"):
+            raise ValueError(f"GaussianOcc: eval_depth must be 'expected' or 'accumulated', got {eval_depth!r}")
+        self.eval_depth = eval_depth
+        self.semantic_weight = semantic_weight
         self.depth_loss_on = depth_loss_on
 
     @staticmethod
@@ -262,7 +273,8 @@ class GaussianOcc(OccupancyModel):
         return torch.stack(
             [
                 voxelize_gaussians(
-                    g[b], self.grid, self.nbh, self.density_threshold, self.max_z_index
+                    g[b], self.grid, self.nbh, self.density_threshold, self.max_z_index,
+                    semantic_weight=self.semantic_weight,
                 )
                 for b in range(g.means.shape[0])
             ]
@@ -284,7 +296,10 @@ class GaussianOcc(OccupancyModel):
         for b in range(g.means.shape[0]):
             gb = g[b]
             out = splat(gb, gb.means.new_zeros(gb.means.shape[0], 0), T_ego_cam[b], K[b], height, width, self.backend)
-            depths.append(torch.where(out.alpha >= self.alpha_min, out.depth, torch.zeros_like(out.depth)))
+            if self.eval_depth == "accumulated":
+                depths.append(out.accumulated_depth)
+            else:
+                depths.append(torch.where(out.alpha >= self.alpha_min, out.depth, torch.zeros_like(out.depth)))
         return torch.stack(depths)
 
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from render.precision import full_precision
+
 # monodepth2's SSIM constants for images in [0, 1]: C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 1.
 _C1 = 0.01**2
 _C2 = 0.03**2
@@ -20,6 +22,7 @@ _C2 = 0.03**2
 SSIM_WEIGHT = 0.85
 
 
+@full_precision
 def project_points(
     points: Float[Tensor, "*b P 3"],
     K: Float[Tensor, "*b 3 3"],

@@ -23,7 +23,14 @@ from selfsup.losses.gaussian import depth_mse_loss, flow_regularization
 from selfsup.losses.photometric import masked_mean, rgb_loss
 from selfsup.losses.semantic import IGNORE_INDEX, semantic_loss
 from selfsup.model_api import ModelOutput, OccupancyModel
-from selfsup.representations.gaussians import Gaussians, GaussianDecoder, GaussianFlow, voxelize_gaussians
+from selfsup.representations.gaussians import (
+    Gaussians,
+    GaussianDecoder,
+    GaussianFlow,
+    TemporalContext,
+    carry_to_next_frame,
+    voxelize_gaussians,
+)
 
 GAUSSIAN_OCC_LOSS_WEIGHTS: dict[str, float] = {
     "semantic": 2.0,  # GaussianFlowOcc
@@ -112,6 +119,12 @@ class GaussianOcc(OccupancyModel):
             evaluates; ``alpha_min`` is not applied).
         semantic_weight: voxelizer logit weighting, "falloff" (GaussianFlowOcc) or
             "opacity_falloff" (see ``splat_gaussians_to_grid``).
+        temporal_frames: with the decoder's temporal attention, how many of the batch's past
+            frames (most recent first) build the context in training (GaussianFlowOcc: 5
+            previous frames; here the past frames the neighbour draw brought).
+        recurrent_eval: in eval mode, carry each sample's Gaussians to the next sample of
+            the same scene (evaluate a scene in time order, batch size 1); False decodes
+            every sample without temporal context.
         depth_loss_on: "accumulated" (sum_i w_i z_i, GaussianFlowOcc's choice: it also
             pushes the accumulated alpha towards 1 where there is a target) or "expected"
             (accumulated / alpha, the depth ``render_depth`` reports).
@@ -140,6 +153,8 @@ class GaussianOcc(OccupancyModel):
         depth_loss_on: str = "accumulated",
         eval_depth: str = "expected",
         semantic_weight: str = "falloff",
+        temporal_frames: int = 5,
+        recurrent_eval: bool = True,
     ):
         super().__init__()
         unknown = set(loss_weights or {}) - set(GAUSSIAN_OCC_LOSS_WEIGHTS)
@@ -165,6 +180,9 @@ class GaussianOcc(OccupancyModel):
             raise ValueError(f"GaussianOcc: eval_depth must be 'expected' or 'accumulated', got {eval_depth!r}")
         self.eval_depth = eval_depth
         self.semantic_weight = semantic_weight
+        self.temporal_frames = temporal_frames
+        self.recurrent_eval = recurrent_eval
+        self._memory = None
         self.depth_loss_on = depth_loss_on
 
     @staticmethod
@@ -172,12 +190,78 @@ class GaussianOcc(OccupancyModel):
         if not batch.batched:
             raise ValueError(f"GaussianOcc.{what}: expects a batch (images [B, T, V, 3, H, W]); use collate_frames")
 
-    def decode(self, batch: Frames) -> Gaussians:
-        """Gaussians (batched, ego frame of the current frame) from the current frame's images."""
-        self._check_batched(batch, "decode")
-        images = batch.images[:, 0]
+    def _decode_frame(self, batch: Frames, t: int, prev: TemporalContext | None, b: slice = slice(None)) -> Gaussians:
+        images = batch.images[b, t]
         feats = self.encoder(images)
-        return self.decoder(feats, batch.K[:, 0], batch.T_ego_cam[:, 0], tuple(images.shape[-2:]))
+        return self.decoder(feats, batch.K[b, t], batch.T_ego_cam[b, t], tuple(images.shape[-2:]), prev)
+
+    def _carry(self, g: Gaussians, T_global_src: Tensor, T_global_dst: Tensor, dt: Tensor) -> TemporalContext:
+        """Context for the frame at ``T_global_dst`` from Gaussians decoded at ``T_global_src``."""
+        T_dst_src = torch.linalg.inv(T_global_dst.double()) @ T_global_src.double()
+        return carry_to_next_frame(g, T_dst_src.to(g.means.dtype), self.flow, dt.to(g.means.dtype))
+
+    @torch.no_grad()
+    def _history_context(self, batch: Frames) -> TemporalContext | None:
+        """Training: the temporal context of the current frame built recurrently (no
+        gradient, GaussianFlowOcc ``prepare_prev_feat``) from the batch's past frames (negative
+        time offset), oldest first, at most ``temporal_frames`` of them; None without any."""
+        B = batch.images.shape[0]
+        contexts = []
+        for b in range(B):
+            dts = batch.timestamps[b] - batch.timestamps[b, 0]
+            past = [int(t) for t in torch.argsort(dts) if dts[t] < 0][-self.temporal_frames :] if self.temporal_frames else []
+            if not past:
+                return None  # a batch mixes samples with and without history: no context for any
+            ctx = None
+            for i, t in enumerate(past):
+                g = self._decode_frame(batch, t, ctx, slice(b, b + 1))
+                nxt = past[i + 1] if i + 1 < len(past) else 0
+                dt = (batch.timestamps[b, nxt] - batch.timestamps[b, t]).reshape(1)
+                ctx = self._carry(g, batch.T_global_ego[b : b + 1, t], batch.T_global_ego[b : b + 1, nxt], dt)
+            contexts.append(ctx)
+        return TemporalContext(
+            means=torch.cat([c.means for c in contexts]), features=torch.cat([c.features for c in contexts])
+        )
+
+    def reset_temporal_memory(self) -> None:
+        """Forget the Gaussians remembered for recurrent evaluation."""
+        self._memory = None
+
+    def _recurrent(self, batch: Frames) -> Gaussians:
+        """Evaluation: GaussianFlowOcc's recurrent test-time scheme. The previous sample of
+        the same scene (earlier timestamp) gives the context through flow + ego motion; at
+        the first sample of a scene the frame is decoded once without context and its own
+        Gaussians are the context (as ``simple_test`` does when ``has_prev_sample`` is
+        false). Frames other than the current one of the batch are never used as inputs
+        (they are evaluation targets). The same sample decoded twice (occupancy, then depth)
+        is served from memory."""
+        if batch.images.shape[0] != 1:
+            raise ValueError("GaussianOcc: recurrent temporal evaluation needs batches of one sample")
+        scene, time = batch.scene_names[0], float(batch.timestamps[0, 0])
+        mem = getattr(self, "_memory", None)
+        if mem is not None and mem["scene"] == scene and mem["time"] == time:
+            return mem["gaussians"]
+        if mem is not None and mem["scene"] == scene and mem["time"] < time:
+            ctx = self._carry(mem["gaussians"], mem["T_global_ego"], batch.T_global_ego[:, 0],
+                              batch.timestamps[:, 0] - mem["time"])  # fmt: skip
+        else:
+            first = self._decode_frame(batch, 0, None)
+            ctx = TemporalContext(means=first.means, features=first.features)
+        g = self._decode_frame(batch, 0, ctx)
+        self._memory = dict(scene=scene, time=time, T_global_ego=batch.T_global_ego[:, 0].clone(), gaussians=g)
+        return g
+
+    def decode(self, batch: Frames) -> Gaussians:
+        """Gaussians (batched, ego frame of the current frame) from the current frame's images
+        and, with temporal attention, the previous frames' Gaussians: in training built from
+        the batch's past frames (:meth:`_history_context`), in evaluation recurrently
+        (:meth:`_recurrent`, with ``recurrent_eval``)."""
+        self._check_batched(batch, "decode")
+        if self.decoder.temporal_attention == "none":
+            return self._decode_frame(batch, 0, None)
+        if not self.training and self.recurrent_eval:
+            return self._recurrent(batch)
+        return self._decode_frame(batch, 0, self._history_context(batch) if self.training else None)
 
     def _depth_target(self, batch: Frames, b: int, t: int, hw: tuple[int, int]) -> Tensor:
         """[V, h, w] depth target (metres, 0 = unknown) of sample b, frame t at render size."""

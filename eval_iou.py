@@ -319,7 +319,7 @@ def checkpoint_samples(args, exp, state, gt_dir: Path) -> tuple[int, Iterator[Ev
             batch = collate_frames([data[i]]).to(args.device)
             scene, token = batch.scene_names[0], batch.tokens[0]
             with torch.no_grad():
-                pred = exp.model.predict_occupancy(batch)[0].cpu().numpy().astype(np.uint8)
+                pred = exp.model.predict_occupancy(exp.model.encode(batch)).labels[0].cpu().numpy().astype(np.uint8)
             if args.save_occ_path is not None:
                 with atomic_path(args.save_occ_path / scene / token / "labels.npz") as tmp:
                     with open(tmp, "wb") as f:

@@ -31,8 +31,8 @@ model = fdl.Config(
         num_inducing=32, scale_range=(0.2, 1.5), grid=occ3d_grid(),  # scale: std-dev in metres
     ),
     flow=fdl.Config(GaussianFlow, embed_dims=64, hidden_dims=64),
-    loss_weights=dict(depth=0.05, semantic=2.0, photometric=0.0, flow_reg=0.01),  # GaussianFlowOcc weights
-    depth_target="lidar",
+    loss_weights=dict(depth=0.05, semantic=2.0, rgb=0.0, flow_reg=0.01),  # GaussianFlowOcc weights
+    depth_source="lidar",
     supervise_current_depth=False,
     render_hw=(32, 56),
     max_depth=40.0,  # metres; GaussianFlowOcc drops targets beyond 40 m

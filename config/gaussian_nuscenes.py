@@ -75,8 +75,8 @@ model = fdl.Config(
         grid=occ3d_grid(),
     ),
     flow=fdl.Config(GaussianFlow, embed_dims=256, hidden_dims=768, num_layers=5),
-    loss_weights=dict(semantic=2.0, depth=0.05, photometric=0.0, flow_reg=0.0),
-    depth_target="pseudo",
+    loss_weights=dict(semantic=2.0, depth=0.05, rgb=0.0, flow_reg=0.0),
+    depth_source="pseudo",
     render_hw=None,  # render at the input size, 256 x 704
     max_depth=40.0,  # metres
     depth_loss_on="accumulated",

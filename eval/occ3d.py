@@ -63,6 +63,12 @@ PROTOCOLS: tuple[str, ...] = ("challenge", "gaussianflowocc")
 GAUSSIANFLOWOCC_DROPPED_GT: tuple[int, ...] = (0, 12)
 # ... and its mIoU averages these 15 classes (`Metric_mIoU.eval_classes`).
 GAUSSIANFLOWOCC_CLASSES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16)
+# The Occ3D-nuScenes grid: [-40, -40, -1, 40, 40, 5.4] m at 0.4 m, 200 x 200 x 16, ego frame,
+# indexed [x, y, z] (Tian et al. 2023). The project's one definition (selfsup.constants re-exports).
+OCC3D_LOWER: tuple[float, float, float] = (-40.0, -40.0, -1.0)
+OCC3D_UPPER: tuple[float, float, float] = (40.0, 40.0, 5.4)
+OCC3D_VOXEL_SIZE = 0.4
+OCC3D_GRID_SHAPE: tuple[int, int, int] = (200, 200, 16)
 
 ArrayLike = Union[Shaped[np.ndarray, "..."], Shaped[Tensor, "..."]]
 
@@ -225,6 +231,10 @@ __all__ = [
     "FREE_LABEL",
     "GAUSSIANFLOWOCC_CLASSES",
     "GAUSSIANFLOWOCC_DROPPED_GT",
+    "OCC3D_GRID_SHAPE",
+    "OCC3D_LOWER",
+    "OCC3D_UPPER",
+    "OCC3D_VOXEL_SIZE",
     "NUM_CLASSES",
     "PROTOCOLS",
     "OCC3D_CLASS_NAMES",

@@ -44,11 +44,11 @@ import torch
 from jaxtyping import Bool, Float, Float32, Float64, Int64, Integer, Shaped
 from torch import Tensor
 
-from eval.occ3d import FREE_LABEL, OCC3D_CLASS_NAMES, to_numpy
+from eval.occ3d import FREE_LABEL, OCC3D_CLASS_NAMES, OCC3D_GRID_SHAPE, OCC3D_LOWER, OCC3D_VOXEL_SIZE, to_numpy
 
-PC_RANGE_MIN: tuple[float, float, float] = (-40.0, -40.0, -1.0)
-VOXEL_SIZE = 0.4
-GRID_SHAPE: tuple[int, int, int] = (200, 200, 16)
+PC_RANGE_MIN = OCC3D_LOWER
+VOXEL_SIZE = OCC3D_VOXEL_SIZE
+GRID_SHAPE = OCC3D_GRID_SHAPE
 THRESHOLDS_M: tuple[int, ...] = (1, 2, 4)
 MAX_ORIGINS = 8
 ORIGIN_BOX_M = 39.0

@@ -74,7 +74,8 @@ def write_bev(exp, work: Path) -> None:
 
     device = next(exp.model.parameters()).device
     with torch.no_grad():
-        labels = exp.model.predict_occupancy(collate_frames([exp.eval_data[0]]).to(device))[0].cpu().numpy()
+        batch = collate_frames([exp.eval_data[0]]).to(device)
+        labels = exp.model.predict_occupancy(exp.model.encode(batch)).labels[0].cpu().numpy()
     with atomic_path(work / "bev_occupancy.png") as tmp:
         iio.imwrite(tmp, bev_occupancy(labels), extension=".png")
     occupied = float((labels != 17).mean())

@@ -8,6 +8,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from selfsup.constants import OCC3D_FREE, OCC3D_LOWER, OCC3D_NUM_CLASSES, OCC3D_UPPER, OCC3D_VOXEL_SIZE
+
 
 @dataclass(frozen=True)
 class VoxelGrid:
@@ -22,9 +24,9 @@ class VoxelGrid:
     200 x 200 x 16; voxel i's centre is lower + voxel_size (i + 0.5).
     """
 
-    lower: tuple[float, float, float] = (-40.0, -40.0, -1.0)
-    upper: tuple[float, float, float] = (40.0, 40.0, 5.4)
-    voxel_size: float = 0.4
+    lower: tuple[float, float, float] = OCC3D_LOWER
+    upper: tuple[float, float, float] = OCC3D_UPPER
+    voxel_size: float = OCC3D_VOXEL_SIZE
 
     def __post_init__(self):
         for lo, hi in zip(self.lower, self.upper):
@@ -52,5 +54,4 @@ class VoxelGrid:
 
 
 OCC3D_GRID = VoxelGrid()
-OCC3D_FREE = 17
-OCC3D_NUM_CLASSES = 18
+__all__ = ["OCC3D_FREE", "OCC3D_GRID", "OCC3D_NUM_CLASSES", "VoxelGrid"]

@@ -1,6 +1,6 @@
 """Turn a representation into Occ3D semantic voxels: the shared entry point of the evaluators.
 
-Every model exposes ``predict_occupancy(batch) -> UInt8[Tensor, "B X Y Z"]`` (labels 0-16,
+Every model exposes ``predict_occupancy(encode(batch)).labels`` (uint8 ``[B X Y Z]``, labels 0-16,
 17 = free); field-based models (SDF tri-plane, density volumes) build it with
 :func:`voxelize_field`, Gaussian models with ``voxelize_gaussians`` in
 ``selfsup.representations.gaussians``.

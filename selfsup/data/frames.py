@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Float64, Int
 from torch import Tensor
 
-SEMANTIC_UNLABELLED = 255  # value of ``Frames.semantic_maps`` at unlabelled pixels
+from selfsup.constants import SEMANTIC_UNLABELLED  # noqa: F401  (value of ``semantic_maps`` at unlabelled pixels)
 OPTIONAL_MAPS = ("depth_maps", "semantic_maps")  # per-pixel pseudo labels a dataset may add
 
 

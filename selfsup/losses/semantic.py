@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from selfsup.constants import SEMANTIC_UNLABELLED
 from selfsup.losses.photometric import masked_mean
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = SEMANTIC_UNLABELLED
 
 
 def semantic_loss(

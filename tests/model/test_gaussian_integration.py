@@ -147,7 +147,7 @@ def test_pseudo_labels_beyond_max_depth_are_dropped(pseudo_dirs):
     batch.depth_maps = batch.depth_maps + 40.0
     with torch.no_grad():
         out = model(batch)
-    assert out.terms["loss_depth"] == 0 and out.terms["loss_semantic"] == 0
+    assert out.terms["loss/depth"] == 0 and out.terms["loss/semantic"] == 0
 
 
 def test_ddad_tiny_trains_writes_a_checkpoint_and_evaluates(tmp_path, capsys):
@@ -157,10 +157,10 @@ def test_ddad_tiny_trains_writes_a_checkpoint_and_evaluates(tmp_path, capsys):
         "eval.depth_hw=(16,28)",
     ]
     cfg = apply_overrides(load_config(DDAD_CONFIG), overrides)
-    assert cfg.model.depth_target == "lidar" and cfg.model.supervise_current_depth is False
+    assert cfg.model.depth_source == "lidar" and cfg.model.supervise_current_depth is False
     summary = train(cfg, tmp_path / "work")
     assert summary["steps"] == 2
-    assert all(math.isfinite(r["loss"]) and r["loss_depth"] > 0 for r in summary["history"])
+    assert all(math.isfinite(r["loss"]) and r["loss/depth"] > 0 for r in summary["history"])
     ckpt = resolve_checkpoint(tmp_path / "work")
     assert read_meta(ckpt)["step"] == 2
     res = eval_depth.main(["--py-config", str(DDAD_CONFIG), "--set", *overrides, "--resume-from", str(tmp_path / "work")])
@@ -173,9 +173,9 @@ def test_nuscenes_config_trains_on_pseudo_labels(pseudo_dirs, tmp_path):
         f"train_data.pseudo_depth_dir='{depth_dir}'", f"train_data.pseudo_semantic_dir='{sem_dir}'",
         "train.steps=1", "train.batch_size=1", "train.warmup_steps=1", "train.ema_decay=None",
     ))
-    assert cfg.model.depth_target == "pseudo"
+    assert cfg.model.depth_source == "pseudo"
     summary = train(cfg, tmp_path / "work")
-    assert all(math.isfinite(r["loss"]) and r["loss_semantic"] > 0 and r["loss_depth"] > 0 for r in summary["history"])
+    assert all(math.isfinite(r["loss"]) and r["loss/semantic"] > 0 and r["loss/depth"] > 0 for r in summary["history"])
     assert resolve_checkpoint(tmp_path / "work").is_dir()
 
 

@@ -110,7 +110,7 @@ def ddad_batch(samples_root) -> Frames:
 def trained_step(ddad_batch):
     """One forward / backward of a tiny model with every loss term switched on."""
     torch.manual_seed(0)
-    model = tiny_model(with_color=True, loss_weights={"photometric": 1.0, "flow_reg": 0.1})
+    model = tiny_model(with_color=True, loss_weights={"rgb": 1.0, "flow_reg": 0.1})
     with torch.no_grad():  # a non-zero flow, so its regulariser has a gradient
         model.flow.mlp[-1].bias.fill_(0.1)
     labels = torch.randint(0, 17, ddad_batch.images.shape[:3] + ddad_batch.images.shape[-2:])
@@ -128,9 +128,9 @@ def trained_step(ddad_batch):
 def test_forward_backward_on_ddad(trained_step):
     model, out = trained_step
     assert torch.isfinite(out.loss) and out.loss > 0
-    for name in ("loss_depth", "loss_semantic", "loss_photometric", "loss_flow_reg"):
+    for name in ("loss/depth", "loss/semantic", "loss/rgb", "loss/flow_reg"):
         assert out.terms[name] > 0, name
-    assert 0 < out.terms["depth_abs_rel"] < 10
+    assert 0 < out.terms["stats/depth_abs_rel"] < 10
     assert out.images["depth"].shape == (3, 14, 24)
     grads = {
         "encoder": model.encoder.backbone.conv1.weight.grad,
@@ -148,7 +148,7 @@ def test_forward_backward_on_ddad(trained_step):
 
 def test_predict_occupancy_and_render_depth(trained_step, ddad_batch):
     model, _ = trained_step
-    occ = model.predict_occupancy(ddad_batch)
+    occ = model.predict_occupancy(model.encode(ddad_batch)).labels
     assert occ.shape == (1, 200, 200, 16) and occ.dtype == torch.uint8
     assert occ.max() <= 17 and (occ[..., 11:] == 17).all() and (occ != 17).any()
     K_small = scale_intrinsics(ddad_batch.K[:, 0], (56, 96), (14, 24))
@@ -168,7 +168,9 @@ def test_lidar_depth_needs_a_neighbour_or_the_current_frame():
 def test_rejects_bad_configuration():
     with pytest.raises(ValueError, match="loss_weights"):
         tiny_model(loss_weights={"eikonal": 1.0})
-    with pytest.raises(ValueError, match="depth_target"):
-        tiny_model(depth_target="stereo")
+    with pytest.raises(ValueError, match="depth_source"):
+        tiny_model(depth_source="stereo")
+    with pytest.raises(ValueError, match=">= 0"):
+        tiny_model(loss_weights={"depth": -1.0})
     with pytest.raises(ValueError, match="depth_loss_on"):
         tiny_model(depth_loss_on="median")

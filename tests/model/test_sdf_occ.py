@@ -40,10 +40,10 @@ def test_forward_backward_reaches_encoder_planes_and_renderer(batch):
     model = _model()
     out = model(batch)
     assert torch.isfinite(out.loss)
-    for key in ("photometric", "rgb", "eikonal", "hessian", "depth_mean", "opacity_mean"):
+    for key in ("loss/photometric", "loss/rgb", "loss/eikonal", "loss/hessian", "stats/depth", "stats/opacity"):
         assert torch.isfinite(out.terms[key]), key
-    assert "depth" not in out.terms and "semantic" not in out.terms  # self-supervised only
-    assert out.images["depth_front"].shape == (3, 6, 10)
+    assert "loss/depth" not in out.terms and "loss/semantic" not in out.terms  # self-supervised only
+    assert out.images["depth"].shape == (3, 6, 10)
     out.loss.backward()
     grads = {
         "backbone": model.encoder.backbone.conv1.weight.grad,
@@ -59,16 +59,16 @@ def test_forward_backward_reaches_encoder_planes_and_renderer(batch):
 def test_lidar_depth_term(batch):
     model = _model(depth_source="lidar", loss_weights={"depth": 1.0})
     out = model(batch)
-    assert torch.isfinite(out.terms["depth"]) and out.terms["depth"] > 0
+    assert torch.isfinite(out.terms["loss/depth"]) and out.terms["loss/depth"] > 0
     with pytest.raises(ValueError, match="depth_source"):
         _model(loss_weights={"depth": 1.0})
-    with pytest.raises(ValueError, match="unknown loss weight"):
+    with pytest.raises(ValueError, match="unknown loss_weights key"):
         _model(loss_weights={"photometrik": 1.0})
 
 
 def test_predict_occupancy_starts_from_the_ground_prior(batch):
     model = _model().eval()
-    occ = model.predict_occupancy(batch)
+    occ = model.predict_occupancy(model.encode(batch)).labels
     assert occ.dtype == torch.uint8 and occ.shape == (1, 200, 200, 16)
     assert occ.max() <= OCC3D_FREE
     # The SDF bias puts matter below z = 0 (voxel layers 0-1 span -1.0..-0.2 m) and free
@@ -118,6 +118,6 @@ def test_semantic_term_uses_labels_when_the_batch_has_them(batch):
     labels[..., 40:, :] = 11  # bottom rows: driveable surface
     labelled.semantic_maps = labels
     out = model(labelled)
-    assert torch.isfinite(out.terms["semantic"]) and out.terms["semantic"] > 0
+    assert torch.isfinite(out.terms["loss/semantic"]) and out.terms["loss/semantic"] > 0
     out.loss.backward()
     assert model.representation.decoder[-1].weight.grad[4:].abs().sum() > 0  # semantic rows

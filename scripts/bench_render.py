@@ -66,9 +66,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, device: str, repeats: int) -> tuple[float, float]:
+def _time(fn, device: str, repeats: int, warm_up: bool = True) -> tuple[float, float]:
     """(wall seconds, process CPU seconds summed over threads) per call, after a warm-up."""
-    fn()  # warm-up (CUDA kernels, allocator)
+    if warm_up:
+        fn()  # warm-up (CUDA kernels, allocator)
     _sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
@@ -166,8 +167,10 @@ def bench_published(backend: str, device: str, repeats: int = 1) -> dict:
         with torch.no_grad():
             render_all(scene, False)
 
-    fwd, fwd_cpu = _time(forward, device, repeats)
-    fwd_bwd, fwd_bwd_cpu = _time(lambda: render_all(leaves, True), device, repeats)
+    # On CUDA warm up first (kernels, allocator); on a CPU a step takes minutes and needs none.
+    warm = device.startswith("cuda")
+    fwd, fwd_cpu = _time(forward, device, repeats, warm_up=warm)
+    fwd_bwd, fwd_bwd_cpu = _time(lambda: render_all(leaves, True), device, repeats, warm_up=warm)
     result = dict(backend=backend, device=device, **p, forward_ms=1e3 * fwd, forward_backward_ms=1e3 * fwd_bwd,
                   forward_cpu_ms=1e3 * fwd_cpu, forward_backward_cpu_ms=1e3 * fwd_bwd_cpu)  # fmt: skip
     if device.startswith("cuda"):

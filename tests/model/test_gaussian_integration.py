@@ -157,7 +157,7 @@ def test_ddad_tiny_trains_writes_a_checkpoint_and_evaluates(tmp_path, capsys):
         "eval.depth_hw=(16,28)",
     ]
     cfg = apply_overrides(load_config(DDAD_CONFIG), overrides)
-    assert cfg.model.depth_source == "lidar" and cfg.model.supervise_current_depth is False
+    assert cfg.model.depth_source == "lidar" and cfg.model.supervise_current_depth is True
     summary = train(cfg, tmp_path / "work")
     assert summary["steps"] == 2
     assert all(math.isfinite(r["loss"]) and r["loss/depth"] > 0 for r in summary["history"])

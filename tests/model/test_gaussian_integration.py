@@ -55,6 +55,8 @@ def nuscenes_overrides(*extra: str) -> list[str]:
     for part in ("train_data", "val_data"):
         out += [f"{part}.data_root='{ROOT}'", f"{part}.version='v1.0-mini'", f"{part}.split='all'",
                 f"{part}.image_hw={HW}"]
+    # The bundled root has one keyframe per scene: no random neighbour draw is possible there.
+    out += ["train_data.neighbours=(-1,1)"]
     return out + list(extra)
 
 

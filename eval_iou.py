@@ -8,8 +8,12 @@ Predictions-directory mode:
 - predictions: PRED/{scene_name}/{sample_token}/labels.npz, key `semantics`, uint8 200x200x16;
 - GT: ROOT/gts/{scene_name}/{sample_token}/labels.npz (or GT/...), keys `semantics`,
   `mask_lidar`, `mask_camera`; every GT sample is evaluated and must have a prediction;
-- RayIoU origins: the LIDAR_TOP positions of all keyframes of the sample's scene, from the
-  nuScenes tables in ROOT (nuscenes-devkit), in the current keyframe's ego frame.
+- RayIoU origins: the LIDAR_TOP positions of all keyframes of the sample's scene, in the
+  current keyframe's ego frame: from `lidar_origins.npy` next to the GT file where it exists
+  (written by scripts/generate_occ_gt.py for any dataset; then --data-root is optional), else
+  from the nuScenes tables in ROOT (nuscenes-devkit);
+- sample directories: `{scene}/{token_dir}`, where a token `"{scene}/<id>"` (DDAD) maps to
+  `<id>` (`selfsup.occ_gt.paths.gt_label_path`).
 
 Checkpoint mode (voxelize the model's representation for every val sample, then the same):
 
@@ -158,14 +162,53 @@ class NuScenesOrigins:
         return select_origins(origins)
 
 
+def sidecar_origins(gt_path: Path) -> Optional[np.ndarray]:
+    """Selected RayIoU origins from the `lidar_origins.npy` next to a GT file, or None.
+
+    Raises:
+        ValueError: the file exists but is not a float [K, 3] array.
+    """
+    from selfsup.occ_gt.paths import ORIGINS_FILE
+
+    path = gt_path.parent / ORIGINS_FILE
+    if not path.is_file():
+        return None
+    try:
+        origins = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"RayIoU origins file {path} is not a readable .npy: {err}") from err
+    if origins.ndim != 2 or origins.shape[1] != 3 or not np.issubdtype(origins.dtype, np.floating):
+        raise ValueError(f"RayIoU origins file {path}: expected float [K, 3], got {origins.dtype} {origins.shape}")
+    return select_origins(origins.astype(np.float64))
+
+
+def sample_origins(gt_path: Path, token: str, scene_name: str, origins: Optional[NuScenesOrigins]) -> np.ndarray:
+    """RayIoU origins of a sample: the GT's sidecar file, else the nuScenes tables.
+
+    Raises:
+        FileNotFoundError: neither exists (naming the sidecar path).
+    """
+    found = sidecar_origins(gt_path)
+    if found is not None:
+        return found
+    if origins is None:
+        raise FileNotFoundError(
+            f"no RayIoU origins for {scene_name}/{token}: {gt_path.parent / 'lidar_origins.npy'} does not exist "
+            "and no --data-root with nuScenes tables was given")
+    return origins(token, scene_name)
+
+
 def iterate_prediction_dir(
     samples: Sequence[tuple[str, str]],
     pred_dir: Path,
     gt_dir: Path,
-    origins: NuScenesOrigins,
+    origins: Optional[NuScenesOrigins],
     use_mask: bool,
 ) -> Iterator[EvalSample]:
-    """Yield the samples of a predictions directory with their GT, mask and origins."""
+    """Yield the samples of a predictions directory with their GT, mask and origins.
+
+    `samples` are (scene_name, directory name) pairs as `find_gt_samples` returns them.
+    """
     gt_keys = ["semantics", "mask_camera"] if use_mask else ["semantics"]
     for scene_name, token in samples:
         gt_path = gt_dir / scene_name / token / "labels.npz"
@@ -175,7 +218,8 @@ def iterate_prediction_dir(
         if not np.issubdtype(pred.dtype, np.integer) or (pred.size and int(pred.max()) > FREE_LABEL):
             raise ValueError(f"prediction file {pred_path}: labels must be integers 0..{FREE_LABEL}")
         mask = gt["mask_camera"].astype(bool) if use_mask else None
-        yield EvalSample(scene_name, token, pred, gt["semantics"], mask, origins(token, scene_name))
+        yield EvalSample(scene_name, token, pred, gt["semantics"], mask,
+                         sample_origins(gt_path, token, scene_name, origins))
 
 
 def evaluate(
@@ -314,6 +358,7 @@ def checkpoint_samples(args, exp, state, gt_dir: Path) -> tuple[int, Iterator[Ev
     def generate() -> Iterator[EvalSample]:
         from selfsup.data.frames import collate_frames
         from selfsup.io import atomic_path
+        from selfsup.occ_gt.paths import gt_label_path
 
         for i in indices:
             batch = collate_frames([data[i]]).to(args.device)
@@ -321,14 +366,15 @@ def checkpoint_samples(args, exp, state, gt_dir: Path) -> tuple[int, Iterator[Ev
             with torch.no_grad():
                 pred = exp.model.predict_occupancy(exp.model.encode(batch)).labels[0].cpu().numpy().astype(np.uint8)
             if args.save_occ_path is not None:
-                with atomic_path(args.save_occ_path / scene / token / "labels.npz") as tmp:
+                with atomic_path(gt_label_path(args.save_occ_path, scene, token)) as tmp:
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, semantics=pred)
             if not args.sem:
                 pred = np.where(pred == FREE_LABEL, FREE_LABEL, 0).astype(np.uint8)
-            gt = load_labels(gt_dir / scene / token / "labels.npz", gt_keys, "GT")
+            gt_path = gt_label_path(gt_dir, scene, token)
+            gt = load_labels(gt_path, gt_keys, "GT")
             mask = gt["mask_camera"].astype(bool) if args.use_mask else None
-            yield EvalSample(scene, token, pred, gt["semantics"], mask, origins(token, scene))
+            yield EvalSample(scene, token, pred, gt["semantics"], mask, sample_origins(gt_path, token, scene, origins))
 
     return len(data), generate()
 
@@ -354,13 +400,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             raise SystemExit("eval_iou.py: pass --gt-dir (the config's val_data has no data_root)")
         expected, samples = checkpoint_samples(args, exp, state, gt_dir)
     else:
-        if args.pred_dir is None or args.data_root is None:
-            raise SystemExit("eval_iou.py: --pred-dir and --data-root are required (or --py-config for a checkpoint)")
+        if args.pred_dir is None or (args.data_root is None and args.gt_dir is None):
+            raise SystemExit("eval_iou.py: --pred-dir and --data-root (or --gt-dir) are required (or --py-config for a checkpoint)")
         gt_dir = args.gt_dir if args.gt_dir is not None else args.data_root / "gts"
         all_samples = find_gt_samples(gt_dir)
         expected = len(all_samples)
         mine = shard(all_samples, state.process_index, state.num_processes)
-        origins = NuScenesOrigins(args.data_root, args.version)
+        # nuScenes tables only where a GT sample has no lidar_origins.npy beside it
+        origins = NuScenesOrigins(args.data_root, args.version) if args.data_root is not None else None
         samples = iterate_prediction_dir(mine, args.pred_dir, gt_dir, origins, args.use_mask)
     miou, rayiou = evaluate(samples, device=args.device, backend=backend, miou_protocol=args.miou_protocol)
     miou, rayiou = all_reduce_states(miou, rayiou)

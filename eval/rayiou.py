@@ -189,10 +189,14 @@ def to_voxel_units(
 # ----------------------------------------------------------------------- marching
 
 
-def _dda_setup(
+def dda_setup(
     origin_vox: Float32[Tensor, "N 3"], end_vox: Float32[Tensor, "N 3"]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Start voxel, step signs, first boundary distances and per-voxel increments."""
+    """Amanatides-Woo set-up of N rays: start voxel (int64 [N, 3], `trunc` of the origin),
+    step signs (int64 [N, 3]), distance to the first boundary per axis and per-voxel
+    increments (float64 [N, 3]), distances in voxel units along the unit direction of
+    end - origin (float64). Shared by `march_first_hit` and the ground-truth generator's
+    ray casting (`selfsup.occ_gt.raycast`), so both traverse voxels identically."""
     o = origin_vox.to(torch.float64)
     r = end_vox.to(torch.float64) - o
     squared = r[:, 0] * r[:, 0] + r[:, 1] * r[:, 1] + r[:, 2] * r[:, 2]
@@ -243,7 +247,7 @@ def march_first_hit(
     sizes = torch.tensor([size_x, size_y, size_z], device=device)
     strides = torch.tensor([size_y * size_z, size_z, 1], device=device)
 
-    voxel, step, t_max, t_delta = _dda_setup(origin_vox.to(device), end_vox.to(device))
+    voxel, step, t_max, t_delta = dda_setup(origin_vox.to(device), end_vox.to(device))
     ids = torch.arange(num_rays, device=device)
     live = torch.ones(num_rays, dtype=torch.bool, device=device)
     was_inside = torch.zeros(num_rays, dtype=torch.bool, device=device)
@@ -617,6 +621,7 @@ __all__ = [
     "RayHits",
     "RayIoUMetric",
     "cast_query_rays",
+    "dda_setup",
     "generate_query_rays",
     "march_first_hit",
     "march_first_hit_reference",

@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py selfsup/compa
 	$(PIP) -r requirements-dev.txt
 	$(PIP) --no-deps --no-build-isolation -e .
 	$(BIN)/python -m selfsup.compat.torchvision_ops install
-	$(BIN)/python -c "import timm, torchvision, gsplat, nerfacc, nuscenes, fiddle; print('install ok')"
+	$(BIN)/python -c "import timm, torchvision, gsplat, nerfacc, nuscenes, fiddle, transformers; print('install ok')"
 	touch $@
 
 test: install

@@ -51,7 +51,8 @@ TINY_MODEL: dict[type, dict[str, object]] = {
     },
 }  # fmt: skip
 TINY_DATA: dict[type, dict[str, object]] = {
-    DDADFrames: {"image_hw": (32, 56), "cameras": ("CAMERA_01", "CAMERA_05")},
+    DDADFrames: {"image_hw": (32, 56), "cameras": ("CAMERA_01", "CAMERA_05"), "pseudo_depth_dir": None,
+                 "pseudo_semantic_dir": None},  # generated labels: tests/pseudo/test_training.py
     NuScenesFrames: {
         "data_root": str(NUSCENES_ROOT), "version": "v1.0-mini", "split": "all", "image_hw": (32, 64),
         "neighbours": (-1, 1), "load_lidar": True, "pseudo_depth_dir": None, "pseudo_semantic_dir": None,

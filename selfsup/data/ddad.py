@@ -96,6 +96,15 @@ class DDADFrames(Dataset):
         ego_mask_dir: folder with ``<CAMERA>_mask.png`` (255 = scene); ``None`` marks
             every pixel valid.
         allow_missing_neighbours: see above.
+        pseudo_depth_dir: folder written by ``scripts/generate_pseudo_depth.py`` (PNG per
+            camera + ``manifest.json``, see :mod:`selfsup.pseudo.storage`); fills
+            ``Frames.depth_maps`` (metres, 0 = unknown) of every frame. None: no depth maps.
+        pseudo_semantic_dir: folder written by ``scripts/generate_pseudo_semantics.py``;
+            fills ``Frames.semantic_maps`` (Occ3D classes, 255 = unlabelled). None: none.
+
+    Pseudo maps are resized and cropped like the images (same ``ResizeCrop``, nearest
+    sampling, as in :class:`~selfsup.data.nuscenes.NuScenesFrames`); their sample ids are
+    ``Frames.tokens`` (``scene/time_us``).
 
     Raises:
         FileNotFoundError: missing scene folder / JSON, calibration, image or point cloud.
@@ -117,6 +126,8 @@ class DDADFrames(Dataset):
         allow_missing_neighbours: bool = False,
         current_frames: tuple[int, ...] | None = None,
         exclude_frames: tuple[int, ...] = (),
+        pseudo_depth_dir: str | None = None,
+        pseudo_semantic_dir: str | None = None,
     ) -> None:
         self.neighbour_spec = neighbours if isinstance(neighbours, (RandomNeighbours, TargetFrames)) else None
         if self.neighbour_spec is None and 0 in neighbours:
@@ -129,6 +140,9 @@ class DDADFrames(Dataset):
         self.exclude_frames = frozenset(int(f) for f in exclude_frames)
         self.load_lidar = load_lidar
         self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
+        # pseudo labels (selfsup.pseudo PNG format), opened at the first __getitem__
+        self.pseudo_dirs = {k: d for k, d in (("depth", pseudo_depth_dir), ("semantic", pseudo_semantic_dir)) if d is not None}
+        self._pseudo_readers: dict = {}
         scenes = (scene,) if isinstance(scene, str) else tuple(scene)
         self.scenes = {name: self._read_scene(name) for name in scenes}
         hw = {fr["cams"][c]["hw"] for frames in self.scenes.values() for fr in frames for c in self.cameras}
@@ -262,6 +276,7 @@ class DDADFrames(Dataset):
         else:
             masks = torch.from_numpy(np.stack([
                 load_valid_mask(self.ego_mask_dir / f"{cam}_mask.png", self.transform) for cam in self.cameras]))
+        pseudo = self._pseudo_maps(name, [f"{name}/{frames[j]['time_us']}" for j in chosen])
         return Frames(
             images=torch.from_numpy(np.stack(images)),
             K=torch.from_numpy(np.stack(Ks).astype(np.float32)),
@@ -270,8 +285,23 @@ class DDADFrames(Dataset):
             timestamps=torch.tensor(stamps, dtype=torch.float64),
             frame_offsets=torch.tensor([j - idx for j in chosen], dtype=torch.int64),
             valid_masks=masks,
+            depth_maps=pseudo.get("depth"),
+            semantic_maps=pseudo.get("semantic"),
             points_ego=points,
             tokens=f"{name}/{frames[idx]['time_us']}",
             scene_names=name,
             camera_names=self.cameras,
         )
+
+    def _pseudo_maps(self, name: str, tokens: list[str]) -> dict:
+        """``{"depth": [T, V, h, w] float32, "semantic": [T, V, h, w] int16}`` of the configured readers."""
+        from selfsup.pseudo.storage import PseudoLabelReader, load_transformed
+
+        out = {}
+        for kind, folder in self.pseudo_dirs.items():
+            if kind not in self._pseudo_readers:
+                self._pseudo_readers[kind] = PseudoLabelReader(folder, kind)
+            reader = self._pseudo_readers[kind]
+            out[kind] = torch.from_numpy(np.stack([load_transformed(reader, name, tok, self.cameras, self.transform)
+                                                   for tok in tokens]))
+        return out

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from selfsup.data.frames import SEMANTIC_UNLABELLED, Frames
 from selfsup.data.neighbours import RandomNeighbours, draw_of
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
+from selfsup.pseudo.storage import is_png_folder
 
 NUSCENES_CAMERAS: tuple[str, ...] = (
     "CAM_FRONT_LEFT",
@@ -262,12 +263,15 @@ class NuScenesFrames(Dataset):
         ego_mask_dir: folder with ``<CAMERA>_mask.png`` (255 = scene); ``None`` marks
             every pixel valid.
         allow_missing_neighbours: see above.
-        pseudo_depth_dir: folder of GaussianFlowOcc's Metric3D depth files
-            (``{scene_name}/{sample_token}.npy``, float16 ``[6, 900, 1600]``, metres); fills
-            ``Frames.depth_maps`` for every frame. None: no depth maps.
-        pseudo_semantic_dir: folder of GaussianFlowOcc's Grounded-SAM label files (same
-            layout, int8); fills ``Frames.semantic_maps`` (Occ3D classes, 255 =
-            unlabelled). None: no semantic maps.
+        pseudo_depth_dir: folder of pseudo depth, fills ``Frames.depth_maps`` for every
+            frame: either written by ``scripts/generate_pseudo_depth.py`` (has a
+            ``manifest.json``; one uint16 PNG per camera, see :mod:`selfsup.pseudo.storage`)
+            or GaussianFlowOcc's Metric3D files (``{scene_name}/{sample_token}.npy``,
+            float16 ``[6, 900, 1600]``, metres). None: no depth maps.
+        pseudo_semantic_dir: folder of pseudo semantics, fills ``Frames.semantic_maps``
+            (Occ3D classes, 255 = unlabelled): ``scripts/generate_pseudo_semantics.py``
+            PNGs (``manifest.json``) or GaussianFlowOcc's Grounded-SAM ``.npy`` files (same
+            layout, int8). None: no semantic maps.
 
     Pseudo maps are resized and cropped exactly like the images (same
     :class:`~selfsup.data.image.ResizeCrop`) with *nearest* sampling at pixel centres, for
@@ -318,6 +322,7 @@ class NuScenesFrames(Dataset):
         self.allow_missing_neighbours = allow_missing_neighbours
         self.pseudo_depth_dir = None if pseudo_depth_dir is None else Path(pseudo_depth_dir)
         self.pseudo_semantic_dir = None if pseudo_semantic_dir is None else Path(pseudo_semantic_dir)
+        self._png_readers: dict = {}  # selfsup.pseudo PNG-format readers, by kind
         if infos_path is not None:
             self.index = load_index(infos_path, version=version, split=split)
         else:
@@ -448,14 +453,26 @@ class NuScenesFrames(Dataset):
             raise ValueError(f"pseudo {kind} file {path} has dtype {arr.dtype}, expected {want.__name__}")
         return arr[[cameras.index(c) for c in self.cameras]]
 
+    def _pseudo_png(self, kind: str, folder: Path, scene_name: str, token: str) -> np.ndarray:
+        """Maps in the ``selfsup.pseudo`` PNG format (``scripts/generate_pseudo_*.py``)."""
+        from selfsup.pseudo.storage import PseudoLabelReader, load_transformed
+
+        if kind not in self._png_readers:
+            self._png_readers[kind] = PseudoLabelReader(folder, kind)
+        return load_transformed(self._png_readers[kind], scene_name, token, self.cameras, self.transform)
+
     def _pseudo_depth(self, scene_name: str, token: str) -> np.ndarray:
         """float32 ``[V, h, w]`` metres (0 = unknown) at the output image size."""
+        if is_png_folder(self.pseudo_depth_dir):
+            return self._pseudo_png("depth", self.pseudo_depth_dir, scene_name, token)
         raw = self._pseudo_file(self.pseudo_depth_dir, "depth", scene_name, token, PSEUDO_DEPTH_CAMERAS)
         raw = np.nan_to_num(raw.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
         return np.stack([np.asarray(self.transform.mask(Image.fromarray(d))) for d in raw])
 
     def _pseudo_semantics(self, scene_name: str, token: str) -> np.ndarray:
         """int16 ``[V, h, w]`` Occ3D classes (255 = unlabelled) at the output image size."""
+        if is_png_folder(self.pseudo_semantic_dir):
+            return self._pseudo_png("semantic", self.pseudo_semantic_dir, scene_name, token)
         raw = self._pseudo_file(self.pseudo_semantic_dir, "semantic", scene_name, token, PSEUDO_SEMANTIC_CAMERAS)
         labels = np.where((raw >= 1) & (raw <= 16), raw, SEMANTIC_UNLABELLED).astype(np.uint8)
         return np.stack([np.asarray(self.transform.mask(Image.fromarray(m))) for m in labels]).astype(np.int16)

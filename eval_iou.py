@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,13 +110,10 @@ def find_gt_samples(gt_dir: Path) -> list[tuple[str, str]]:
 
 
 def _pose(translation: Sequence[float], rotation_wxyz: Sequence[float]) -> np.ndarray:
-    from pyquaternion import Quaternion
+    from selfsup.camera import pose_matrix
 
     # Built as the reference builds them (pyquaternion rotation matrix, float64).
-    matrix = np.eye(4)
-    matrix[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
-    matrix[:3, 3] = np.array(translation)
-    return matrix
+    return pose_matrix(rotation_wxyz, translation)
 
 
 class NuScenesOrigins:
@@ -301,16 +296,9 @@ def _nan_to_none(value):
 def write_json_atomic(result: dict, path: Path) -> None:
     """Write strict JSON (NaN -> null) through a temporary file in the same folder and
     os.replace, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_nan_to_none(result), f, indent=2, sort_keys=True, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from selfsup.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(_nan_to_none(result), indent=2, sort_keys=True, allow_nan=False))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -1,6 +1,11 @@
 """selfsup: install with `pip install -e .` (see README). torch is deliberately not a build
 requirement: build isolation would pull a CUDA torch. cuda/ kernels are built lazily on
-first use (torch.utils.cpp_extension.load), never here."""
+first use (torch.utils.cpp_extension.load, see eval/kernels.py), never here.
+
+Only the three packages are installed. ``config/``, ``scripts/`` and ``cuda/`` stay in the
+checkout: generic top-level names would collide with other distributions (``cuda`` is
+NVIDIA's namespace package of cuda-bindings); the kernel sources ship as data inside
+``eval`` (``eval/_cuda``)."""
 
 from pathlib import Path
 
@@ -20,8 +25,9 @@ setup(
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["selfsup*", "render*", "eval*", "config*", "scripts*", "cuda*"]),
-    package_data={"cuda": ["*.cu", "*.cpp", "*.h"]},
+    packages=[*find_packages(include=["selfsup", "selfsup.*", "render", "render.*", "eval", "eval.*"]), "eval._cuda"],
+    package_dir={"eval._cuda": "cuda"},
+    package_data={"eval._cuda": ["*.cu", "*.cpp", "*.h"]},
     install_requires=requirements,
     extras_require={"dev": ["pytest==9.2.0"]},
     license="Apache-2.0",

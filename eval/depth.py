@@ -4,7 +4,7 @@ Source: SelfOcc (huang-yh/SelfOcc) `utils/metric_util.py` (`cal_depth_metric`,
 `DepthMetric`, `compute_depth_errors_torch`), used by `eval_depth.py` and
 `eval_novel_depth.py`.
 
-Protocol, reproduced exactly:
+Protocol (the metric arithmetic follows SelfOcc's; what differs is stated at the end):
 - metrics are computed per image (one camera of one sample) over its valid LiDAR points,
   then AVERAGED OVER IMAGES (each image weighs 1, whatever its point count); SelfOcc sums
   the per-image values and divides by the number of samples, per camera, and reports the
@@ -17,6 +17,17 @@ Protocol, reproduced exactly:
 - novel-depth results are binned by ceil(distance between the frames in metres)
   (`eval_novel_depth.py`: `k = math.ceil(source_distance)`), each bin averaged over its
   images, the total averaged over all images.
+
+How the inputs differ from SelfOcc's evaluation, and how to get SelfOcc's convention:
+- SelfOcc's prediction is the NeuS expected depth normalised by the ray opacity and clipped
+  to the ray's sample range, so it is never 0; it keeps only LiDAR points beyond 1 m. This
+  module scores whatever the caller passes (a 0 prediction is clamped to 1e-3 and scored);
+  which LiDAR points count is the caller's ``min_depth`` / ``max_depth`` selection
+  (``EvalSettings``). SelfOcc's convention is: ``EvalSettings(min_depth=1.0)`` and a model
+  that never returns 0 (``SDFOcc(min_opacity=0.0)``, its default, returns the normalised
+  expected depth clamped to ``[near, far]``); the SDF configs use it. With
+  ``min_opacity > 0`` rays below that opacity render 0 (scored as 1e-3 m), which is harsher
+  than SelfOcc; with ``min_depth=1e-3`` LiDAR points within 1 m count, which SelfOcc drops.
 """
 
 from __future__ import annotations
@@ -208,3 +219,36 @@ __all__ = [
     "depth_metrics",
     "distance_bin",
 ]
+
+
+DISTANCE_BANDS: tuple[tuple[float, float], ...] = ((0.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 80.0))
+
+
+def banded_abs_rel(
+    pred: DepthLike,
+    gt: DepthLike,
+    bands: tuple[tuple[float, float], ...] = DISTANCE_BANDS,
+    median_scaling: bool = False,
+) -> dict[str, dict[str, float]]:
+    """AbsRel of one image split by ground-truth depth band ``lo <= gt < hi`` (metres).
+
+    The median scale (if any) is that of the whole image (as :func:`depth_metrics`), then the
+    clamped prediction is scored per band, so band values add up to the image's AbsRel when
+    weighted by their point counts.
+
+    Returns:
+        ``{"lo-hi": {"abs_rel": value or NaN (no point), "count": points}}``.
+
+    Raises:
+        ValueError: as :func:`depth_metrics`.
+    """
+    p, g = _as_tensor(pred), _as_tensor(gt)
+    scale = depth_metrics(p, g, median_scaling)["scale"]
+    p = torch.clamp(scale * p.to(g.dtype), MIN_DEPTH, MAX_DEPTH)
+    out = {}
+    for lo, hi in bands:
+        sel = (g >= lo) & (g < hi)
+        n = int(sel.sum())
+        value = float(((g[sel] - p[sel]).abs() / g[sel]).mean()) if n else float("nan")
+        out[f"{lo:g}-{hi:g}"] = {"abs_rel": value, "count": n}
+    return out

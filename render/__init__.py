@@ -6,7 +6,9 @@ P points, C channels.
 """
 
 from render.gaussians import GaussianRenderOutput, rasterize_gaussians
-from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb
+from render.geometry import project_points, quat_to_rotmat
+from render.grid import GridField, grid_spacing, sample_grid
+from render.rays import Rays, jittered_pixel_grid, pixel_rays, ray_aabb, rays_in_box, strided_pixel_grid
 from render.volume import (
     DensityRenderOutput,
     FieldSamples,
@@ -21,12 +23,19 @@ from render.volume import (
 )
 
 __all__ = [
+    "GridField",
+    "grid_spacing",
+    "sample_grid",
     "GaussianRenderOutput",
     "rasterize_gaussians",
     "Rays",
     "pixel_rays",
     "jittered_pixel_grid",
+    "strided_pixel_grid",
     "ray_aabb",
+    "rays_in_box",
+    "project_points",
+    "quat_to_rotmat",
     "FieldSamples",
     "VolumeRenderOutput",
     "DensityRenderOutput",

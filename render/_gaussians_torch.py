@@ -32,9 +32,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from render.geometry import quat_to_rotmat
 
 ALPHA_THRESHOLD = 1.0 / 255.0  # gsplat ALPHA_THRESHOLD: skip / cull below this alpha
 ALPHA_MAX = 0.999  # gsplat clamps a single Gaussian's alpha here
@@ -50,16 +51,7 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
 def quat_scale_to_half(quats: Tensor, scales: Tensor) -> Tensor:
     """R diag(s) [..., 3, 3] from wxyz quaternions (normalised here) and std-devs: the
     covariance is (R diag(s)) (R diag(s))^T."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    rot = torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(quats.shape[:-1] + (3, 3))
-    return rot * scales[..., None, :]
+    return quat_to_rotmat(quats) * scales[..., None, :]
 
 
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:

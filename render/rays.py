@@ -18,7 +18,7 @@ from torch import Tensor
 
 from render.precision import full_precision
 
-__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "ray_aabb"]
+__all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "strided_pixel_grid", "ray_aabb", "ray_intervals", "rays_in_box"]
 
 
 @dataclass
@@ -114,7 +114,9 @@ def jittered_pixel_grid(
     Raises:
         ValueError: if a size is not positive.
 
-    Source: SelfOcc (Huang et al. 2024), jittered ray grid per camera.
+    Source: stratified (per-cell jittered) pixel sampling. SelfOcc (Huang et al. 2024) does
+    not jitter per cell: its "cellular" ray sampler draws one random stride and offset of a
+    regular sub-grid per step (:func:`strided_pixel_grid`).
     """
     if min(height, width, rows, cols) <= 0:
         raise ValueError(
@@ -132,6 +134,62 @@ def jittered_pixel_grid(
         offset = torch.full((rows, cols, 2), 0.5, device=device, dtype=dtype)
     u = u0 + offset[..., 0] * cell_w
     v = v0 + offset[..., 1] * cell_h
+    return torch.stack([u, v], dim=-1).reshape(rows * cols, 2)
+
+
+def strided_pixel_grid(
+    height: int,
+    width: int,
+    rows: int,
+    cols: int,
+    generator: torch.Generator | None = None,
+    random: bool = True,
+    min_scale: float = 0.5,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Float[Tensor, "R 2"]:
+    """A ``rows x cols`` regular sub-grid with one random stride and offset per call.
+
+    Per axis the stride is ``scale * size / count`` with ``scale`` uniform in
+    ``[min_scale, 1]`` and the grid's offset uniform over the room left, so the whole grid
+    stays inside the image: ``u_j = offset + stride (j + 0.5)``. Neighbouring rays keep a
+    constant spacing (SSIM patches on the ray grid stay regular) while the covered pixels
+    change every step. Without ``random``: the cell centres (as :func:`jittered_pixel_grid`
+    without jitter).
+
+    Args:
+        height, width: image size, pixels.
+        rows, cols: grid size (SelfOcc: 48 x 100 per camera).
+        generator: random generator.
+        random: draw stride and offset (training) or take the cell centres.
+        min_scale: smallest stride as a fraction of ``size / count``, in (0, 1].
+        device, dtype: of the returned tensor.
+
+    Returns:
+        ``uv`` ``[rows * cols, 2]``, row-major, ``u`` = column, ``v`` = row.
+
+    Raises:
+        ValueError: if a size is not positive or ``min_scale`` not in (0, 1].
+
+    Source: SelfOcc (Huang et al. 2024) ``ray_sampler.py``, "cellular" mode (one random
+    down-sampling stride and offset per step); our reading of it, not its code.
+    """
+    if min(height, width, rows, cols) <= 0 or not 0 < min_scale <= 1:
+        raise ValueError(
+            f"strided_pixel_grid: need positive sizes and 0 < min_scale <= 1, got height={height}, "
+            f"width={width}, rows={rows}, cols={cols}, min_scale={min_scale}"
+        )
+    axes = []
+    for size, count in ((width, cols), (height, rows)):
+        cell = size / count
+        if random:
+            r = torch.rand(2, generator=generator, device=device, dtype=dtype)
+            stride = cell * (min_scale + (1.0 - min_scale) * r[0])
+            offset = (size - stride * count) * r[1]
+        else:
+            stride, offset = torch.tensor(cell, device=device, dtype=dtype), torch.tensor(0.0, device=device, dtype=dtype)
+        axes.append(offset + stride * (torch.arange(count, device=device, dtype=dtype) + 0.5))
+    v, u = torch.meshgrid(axes[1], axes[0], indexing="ij")
     return torch.stack([u, v], dim=-1).reshape(rows * cols, 2)
 
 
@@ -185,3 +243,78 @@ def ray_aabb(
     hit = t_far > t_near
     zero = torch.zeros_like(t_near)
     return torch.where(hit, t_near, zero), torch.where(hit, t_far, zero), hit
+
+
+def rays_in_box(
+    K: Float[Tensor, "*b 3 3"],
+    T_world_cam: Float[Tensor, "*b 4 4"],
+    uv: Float[Tensor, "*b R 2"],
+    box_min: Float[Tensor, "3"],
+    box_max: Float[Tensor, "3"],
+    near: float = 0.0,
+    far: float = float("inf"),
+) -> tuple[Rays, Float[Tensor, "*b R"], Float[Tensor, "*b R"]]:
+    """Pixel rays (:func:`pixel_rays`) with their sampling interval: the part of each ray
+    inside the box (:func:`ray_aabb`) intersected with ``[near, far]`` along the ray.
+
+    The one ray sampler of the volume renderers (``NeuSRenderer`` for SDF fields,
+    ``render_density`` for density volumes): pass ``rays.origins``, ``rays.directions`` and
+    the returned bounds. A ray that misses the box, or whose box part lies outside
+    ``[near, far]``, gets ``t_far <= t_near`` (an empty interval renders nothing).
+
+    Args:
+        K, T_world_cam, uv: as :func:`pixel_rays`.
+        box_min, box_max: the box corners in the rays' frame, metres.
+        near, far: distance limits along the (unit) rays, metres.
+
+    Returns:
+        ``(rays, t_near, t_far)``, distances in metres.
+
+    Raises:
+        ValueError: singular ``K``, an inverted box, or ``near > far``.
+    """
+    if near > far:
+        raise ValueError(f"rays_in_box: near ({near}) must not exceed far ({far})")
+    rays = pixel_rays(K, T_world_cam, uv)
+    t_near, t_far, _ = ray_aabb(rays.origins, rays.directions, box_min, box_max)
+    t_near = t_near.clamp_min(near)
+    t_far = torch.minimum(t_far, torch.full_like(t_far, far))
+    return rays, t_near, t_far
+
+
+def ray_intervals(
+    t_near: Float[Tensor, "R"],
+    t_far: Float[Tensor, "R"],
+    num_samples: int,
+    jitter: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Float[Tensor, "R S"], Float[Tensor, "R S"]]:
+    """``num_samples`` intervals tiling ``[t_near, t_far]`` of each ray (stratified): equal
+    steps, or with ``jitter`` every inner edge drawn uniformly between the neighbouring step
+    midpoints (the NeuS / NeRF stratified scheme). Empty rays (``t_far <= t_near``) get
+    zero-length intervals, which composite to nothing.
+
+    With :func:`rays_in_box` this is the sampler of a density volume:
+    ``render.volume.render_density(sigma(o + t d), t_starts, t_ends, features)``.
+
+    Returns:
+        ``(t_starts, t_ends)``, metres.
+
+    Raises:
+        ValueError: if ``num_samples < 1``.
+
+    >>> s, e = ray_intervals(torch.tensor([1.0]), torch.tensor([3.0]), 4)
+    >>> s, e
+    (tensor([[1.0000, 1.5000, 2.0000, 2.5000]]), tensor([[1.5000, 2.0000, 2.5000, 3.0000]]))
+    """
+    if num_samples < 1:
+        raise ValueError(f"ray_intervals: num_samples must be >= 1, got {num_samples}")
+    far = torch.maximum(t_far, t_near)
+    u = torch.linspace(0.0, 1.0, num_samples + 1, device=t_near.device, dtype=t_near.dtype).expand(t_near.shape[0], -1)
+    if jitter and num_samples > 1:
+        centres = 0.5 * (u[:, 1:] + u[:, :-1])
+        lo, hi = centres[:, :-1], centres[:, 1:]
+        r = torch.rand(lo.shape, generator=generator, device=t_near.device, dtype=t_near.dtype)
+        u = torch.cat([u[:, :1], lo + (hi - lo) * r, u[:, -1:]], dim=-1)
+    edges = t_near[:, None] + (far - t_near)[:, None] * u
+    return edges[:, :-1], edges[:, 1:]

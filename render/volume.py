@@ -164,10 +164,12 @@ def neus_alpha(
 
     How ``c <= 0`` is enforced, following NeuS and SelfOcc's code (``iter_cos``):
     ``c = -(relu(0.5 - 0.5 cos) (1 - r) + relu(-cos) r)`` with the anneal ratio ``r``. SelfOcc
-    never calls its anneal hook, so it runs with ``r = 1``, i.e. ``c = -relu(-cos)``, our
-    default; NeuS anneals ``r`` from 0 to 1 over the first 50k iterations. Note that
-    /work/shared/REFERENCES.md writes the formula with ``f + c d/2`` first; read with
-    ``c = |cos|`` that is the same as here (it is the near-end value that comes first).
+    ramps ``r`` linearly from 0 to 1 over its first 5000 iterations (its cos-anneal hook,
+    called every iteration; ``SDFOcc(cos_anneal_steps=...)`` does the same here), NeuS over
+    its first 50k; ``r = 1``, i.e. ``c = -relu(-cos)``, is the default here (no anneal). This
+    is NeuS eq. 13, ``alpha_i = max((Phi_s(f(p(t_i))) - Phi_s(f(p(t_i+1)))) / Phi_s(f(p(t_i))), 0)``,
+    with the near-end value first, and the interval ends estimated from the midpoint as in
+    its code (``render_core``: ``estimated_prev_sdf = sdf - iter_cos * dists * 0.5``).
 
     The ``1e-5`` gives every free-space interval an opacity of about ``1e-5``; for a linear
     SDF the formula is otherwise exact, so the expected distance is biased towards the near
@@ -298,7 +300,7 @@ class NeuSRenderer(nn.Module):
             ``torch.no_grad``). In training the graph of every chunk is kept, so chunking
             only splits the work.
         cos_anneal_ratio: NeuS' cosine anneal ratio ``r`` (see ``neus_alpha``); a plain
-            attribute that a training loop may update.
+            attribute that the model updates during training (``SDFOcc.cos_anneal_steps``).
 
     Raises:
         ValueError: for ``num_samples < 1``, ``chunk < 1`` or an unknown backend.

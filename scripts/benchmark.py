@@ -2,11 +2,13 @@
 
     python scripts/benchmark.py eval   [--device cpu|cuda] [--json-out FILE]
     python scripts/benchmark.py render [--device cpu|cuda] [--json-out FILE]
+    python scripts/benchmark.py sdf    [--device cpu|cuda] [--json-out FILE]
     python scripts/benchmark.py all    [--json-out FILE]   # every benchmark on every device here
 
 eval: ms per sample of Occ3D mIoU and RayIoU on a realistic 200x200x16 case, for each
 RayIoU marcher (PyTorch and C++ on CPU, PyTorch and CUDA on GPU) (scripts/bench_eval.py); render: Gaussians x pixels per second of the Gaussian rasterizer
-(scripts/bench_render.py).
+(scripts/bench_render.py); sdf: training and evaluation rendering rays per second of the SDF
+tri-plane model, dense-grid and per-sample fields (scripts/bench_sdf.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_eval  # noqa: E402
 import bench_render  # noqa: E402
+import bench_sdf  # noqa: E402
 
 from selfsup.io import atomic_write_text  # noqa: E402
 
@@ -32,7 +35,7 @@ def eval_all_backends(device: str) -> dict:
     return {backend: bench_eval.run(device=device, backend=backend) for backend in backends}
 
 
-BENCHMARKS = {"eval": eval_all_backends, "render": bench_render.run}
+BENCHMARKS = {"eval": eval_all_backends, "render": bench_render.run, "sdf": bench_sdf.run}
 
 
 def machine() -> dict:

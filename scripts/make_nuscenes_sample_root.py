@@ -40,6 +40,8 @@ import numpy as np
 import yaml
 from pyquaternion import Quaternion
 
+from selfsup.camera import pose_matrix
+
 VERSION = "v1.0-mini"
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 LIDAR = "LIDAR_TOP"
@@ -86,10 +88,7 @@ def _matrix_to_rt(T: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def _rt_to_matrix(rotation_wxyz, translation) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
-    T[:3, 3] = translation
-    return T
+    return pose_matrix(rotation_wxyz, translation)
 
 
 def _timestamp_from_name(name: str) -> int:

@@ -15,7 +15,7 @@ import contextlib
 import torch.nn.functional as F
 
 from eval.depth import DepthMetricAccumulator, PointDepthAccumulator, distance_bin
-from selfsup.camera import scale_intrinsics
+from selfsup.camera import project_points, scale_intrinsics
 from selfsup.data.frames import Frames, collate_frames
 from selfsup.model_api import OccupancyModel
 
@@ -40,12 +40,9 @@ def project_lidar(
 ) -> LidarDepth:
     """Project LiDAR points (ego frame) into a camera; keep those inside the image with
     ``min_depth < depth < max_depth``; depth is camera z in metres, pixel = floor(uv)."""
-    T_cam_ego = torch.linalg.inv(T_ego_cam)
-    xyz = points_ego @ T_cam_ego[:3, :3].T + T_cam_ego[:3, 3]
-    z = xyz[:, 2]
-    uv = (xyz @ K.T)[:, :2] / z.clamp(min=1e-6)[:, None]
+    uv, z, in_front = project_points(points_ego, K, T_ego_cam, min_depth)
     col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
-    keep = (z > min_depth) & (z < max_depth) & (col >= 0) & (col < hw[1]) & (row >= 0) & (row < hw[0])
+    keep = in_front & (z < max_depth) & (col >= 0) & (col < hw[1]) & (row >= 0) & (row < hw[0])
     return LidarDepth(rows=row[keep], cols=col[keep], depth=z[keep], uv=uv[keep])
 
 

@@ -95,12 +95,15 @@ LOSS_NAMES: dict[str, str] = {
     "eikonal": "SDF gradient norm 1 (regularizer)",
     "hessian": "SDF second-order smoothness (regularizer)",
     "flow_reg": "squared length of the temporal flow (regularizer)",
+    "search": "rendered distance vs the non-local photometric depth search, L1 of logs (SDFOcc, losses.stereo)",
 }
 STAT_NAMES: dict[str, str] = {
     "opacity": "mean rendered opacity of the training rays, all rendered frames",
     "depth": "mean rendered depth of the training rays, metres",
     "depth_abs_rel": "mean |d - d_gt| / d_gt of rendered depth on supervised rays",
     "inv_s": "NeuS sharpness s",
+    "search_confident": "fraction of training rays with a confident photometric depth-search hypothesis",
+    "cos_anneal": "NeuS cosine anneal ratio r",
     "gaussian_opacity": "mean opacity parameter of the Gaussians",
     "moving_fraction": "fraction of Gaussians allowed to move (dynamic argmax class)",
 }
@@ -288,6 +291,13 @@ def read_nearest(images: Tensor, pixels: Float[Tensor, "B V R 2"]) -> Tensor:
     return torch.gather(flat, -1, row * width + col)
 
 
+def check_choice(owner: str, name: str, value, choices: tuple) -> None:
+    """Raise ``ValueError("<owner>: <name> must be one of <choices>, got <value>")`` unless
+    ``value in choices`` (the one argument check of models and representations)."""
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {choices}, got {value!r}")
+
+
 def depth_image(depth: Float[Tensor, "H W"]) -> Float[Tensor, "3 H W"]:
     """Grey inverse-depth picture in [0, 1] for TensorBoard (near = bright, no hit = black)."""
     inv = torch.where(depth > 0, 1.0 / depth.clamp(min=0.5), torch.zeros_like(depth))
@@ -314,7 +324,18 @@ class OccupancyModel(nn.Module, ABC):
     # ------------------------------------------------------------------ the stages
     @abstractmethod
     def encode(self, batch: Frames) -> Scene:
-        """The representation of the current frame (t = 0) of a batched ``Frames``."""
+        """The representation of the current frame (t = 0) of a batched ``Frames``
+        (:meth:`current_image_features` gives the encoder's features of its images)."""
+
+    def current_image_features(self, batch: Frames) -> list[Tensor]:
+        """``self.encoder`` applied to the current frame's images ``[B V 3 H W]``.
+
+        Raises:
+            ValueError: if ``batch`` is not batched.
+        """
+        if not batch.batched:
+            raise ValueError(f"{type(self).__name__}: expected a batched Frames (images [B, T, V, 3, H, W]); use collate_frames")
+        return self.encoder(batch.images[:, 0])
 
     @abstractmethod
     def render(
@@ -399,8 +420,6 @@ class OccupancyModel(nn.Module, ABC):
         Raises:
             ValueError: an unbatched ``Frames``; an objective that the views cannot feed.
         """
-        if not batch.batched:
-            raise ValueError(f"{type(self).__name__}.forward: expected a batched Frames (use collate_frames)")
         scene = self.encode(batch)
         views = self.training_views(scene, batch)
         terms: dict[str, Tensor] = {}
@@ -454,8 +473,6 @@ class OccupancyModel(nn.Module, ABC):
         cameras for novel depth synthesis. ``K`` are intrinsics for a ``height x width``
         image. 0 where the opacity is below ``min_opacity``.
         """
-        if not batch.batched:
-            raise ValueError(f"{type(self).__name__}.render_depth: expected a batched Frames")
         scene = self.encode(batch)
         grid = PixelGrid.make((height, width), device=K.device)
         views = self.render(scene, K, T_ego_cam, grid, times=None, features=False)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.camera import pose_matrix
 from selfsup.data.frames import Frames
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
 from selfsup.data.neighbours import RandomNeighbours, TargetFrames, draw_of
@@ -40,16 +41,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def _pose(p: dict, what: str) -> np.ndarray:
     """DGP protobuf-JSON pose ``{translation: {x,y,z}, rotation: {qw,qx,qy,qz}}`` -> 4x4."""
-    from pyquaternion import Quaternion
-
     try:
         t, q = p["translation"], p["rotation"]
-        T = np.eye(4)
-        T[:3, :3] = Quaternion(q["qw"], q["qx"], q["qy"], q["qz"]).rotation_matrix
-        T[:3, 3] = [t.get("x", 0.0), t.get("y", 0.0), t.get("z", 0.0)]
-    except (KeyError, TypeError) as e:
+        rotation_wxyz = (q["qw"], q["qx"], q["qy"], q["qz"])
+        translation = (t.get("x", 0.0), t.get("y", 0.0), t.get("z", 0.0))
+    except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{what}: pose needs translation.x/y/z and rotation.qw/qx/qy/qz, got {p!r}") from e
-    return T
+    return pose_matrix(rotation_wxyz, translation)
 
 
 def _microseconds(iso: str) -> int:

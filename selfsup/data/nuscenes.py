@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from selfsup.camera import pose_matrix
 from selfsup.data.frames import SEMANTIC_UNLABELLED, Frames
 from selfsup.data.neighbours import RandomNeighbours, draw_of
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
+from selfsup.io import atomic_write_bytes
 from selfsup.pseudo.storage import is_png_folder
 
 NUSCENES_CAMERAS: tuple[str, ...] = (
@@ -60,12 +61,7 @@ SPLITS = ("train", "val", "test", "mini_train", "mini_val", "all")
 
 
 def _pose(rotation_wxyz, translation) -> np.ndarray:
-    from pyquaternion import Quaternion
-
-    T = np.eye(4)
-    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
-    T[:3, 3] = translation
-    return T
+    return pose_matrix(rotation_wxyz, translation)
 
 
 def open_devkit(data_root: str, version: str):
@@ -199,17 +195,8 @@ def build_index(nusc, split: str, with_sweeps: bool = False) -> dict[str, Any]:
 
 
 def save_index(index: dict, path: str | os.PathLike) -> None:
-    """Pickle ``index`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Pickle ``index`` atomically (:func:`selfsup.io.atomic_write_bytes`)."""
+    atomic_write_bytes(path, pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load_index(path: str | os.PathLike, version: str | None = None, split: str | None = None) -> dict:

@@ -11,7 +11,14 @@ from selfsup.losses.photometric import (
     sample_image,
     ssim_dissimilarity,
 )
-from selfsup.losses.regularizers import axis_offsets, eikonal_loss, hessian_loss
+from selfsup.losses.regularizers import (
+    axis_offsets,
+    eikonal_loss,
+    grid_eikonal_loss,
+    grid_gradient,
+    grid_hessian_loss,
+    hessian_loss,
+)
 from selfsup.losses.semantic import IGNORE_INDEX, semantic_loss
 
 __all__ = [
@@ -21,6 +28,9 @@ __all__ = [
     "depth_mse_loss",
     "flow_regularization",
     "eikonal_loss",
+    "grid_eikonal_loss",
+    "grid_gradient",
+    "grid_hessian_loss",
     "hessian_loss",
     "masked_mean",
     "photometric_error",

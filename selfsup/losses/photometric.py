@@ -1,9 +1,10 @@
 """Photometric losses: SSIM, the monodepth2 photometric error, rendered-colour and
 SelfOcc-style multi-view reprojection losses with monodepth2 auto-masking.
 
-Images are RGB in [0, 1]. "Ray grid" images are the colours of a regular (jittered) grid
-of rays per camera reshaped into ``[rows, cols]`` so that SSIM has 2D patches (SelfOcc
-renders a jittered 48 x 100 grid per camera).
+Images are RGB in [0, 1]. "Ray grid" images are the colours of a regular grid of rays per
+camera (jittered per cell, or SelfOcc's randomly scaled and offset regular sub-grid, see
+``render.rays``) reshaped into ``[rows, cols]`` so that SSIM has 2D patches (SelfOcc renders
+a 48 x 100 grid per camera).
 """
 
 from __future__ import annotations
@@ -13,44 +14,13 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from render.precision import full_precision
+from render.geometry import project_points  # noqa: F401  (re-exported: selfsup.losses.project_points)
 
 # monodepth2's SSIM constants for images in [0, 1]: C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 1.
 _C1 = 0.01**2
 _C2 = 0.03**2
 # Weight of the SSIM term in the photometric error (monodepth2 eq. 1, SelfOcc).
 SSIM_WEIGHT = 0.85
-
-
-@full_precision
-def project_points(
-    points: Float[Tensor, "*b P 3"],
-    K: Float[Tensor, "*b 3 3"],
-    T_ego_cam: Float[Tensor, "*b 4 4"],
-    min_depth: float = 0.1,
-) -> tuple[Float[Tensor, "*b P 2"], Float[Tensor, "*b P"], Bool[Tensor, "*b P"]]:
-    """Project ego-frame points into a pinhole camera.
-
-    Args:
-        points: points in the ego frame ``T_ego_cam`` maps into, metres.
-        K: intrinsics, pixels.
-        T_ego_cam: camera (OpenCV) -> ego.
-        min_depth: points with camera z below this (metres) are "behind" the camera.
-
-    Returns:
-        ``(uv, depth, in_front)``: pixel coordinates (u column, v row; pixel centres at
-        +0.5, the ``render.rays`` convention), camera z in metres, and ``depth > min_depth``.
-        ``uv`` of points behind the camera is meaningless (finite).
-    """
-    R = T_ego_cam[..., :3, :3]
-    t = T_ego_cam[..., :3, 3]
-    # p_cam = R^T (p_ego - t): the inverse of a rigid transform without a matrix inverse.
-    p_cam = (points - t[..., None, :]) @ R
-    depth = p_cam[..., 2]
-    in_front = depth > min_depth
-    pix = p_cam @ K.transpose(-1, -2)
-    uv = pix[..., :2] / depth.clamp_min(min_depth)[..., None]
-    return uv, depth, in_front
 
 
 def sample_image(
@@ -150,8 +120,9 @@ def reprojection_loss(
     mask: Bool[Tensor, "N H W"] | None = None,
     min_in_view: float = 0.5,
     source_valid: Bool[Tensor, "M N"] | None = None,
+    reduction: str = "min",
 ) -> Float[Tensor, ""]:
-    """Multi-view reprojection loss of rendered sample points, minimum over source frames.
+    """Multi-view reprojection loss of rendered sample points, minimum (or mean) over sources.
 
     Every sample point ``x_i`` of a ray (volume-rendering weight ``w_i``) is projected into
     each of the ``M`` source images (neighbouring frames, same camera) and the source colour
@@ -163,7 +134,10 @@ def reprojection_loss(
     (SSIM on the ray grid of the expected warped colour, L1 per sample weighted by w~_i,
     channel-averaged). Sources where less than ``min_in_view`` of the weight projects inside
     the source image do not count for that pixel. The pixel loss is ``min_m e_m``
-    (monodepth2's per-pixel minimum). Auto-masking: with the identity errors
+    (monodepth2's per-pixel minimum; SelfOcc's KITTI configs) or, with ``reduction="mean"``,
+    the mean of ``e_m`` over the counted sources (SelfOcc's nuScenes configs average the
+    previous and next frames' errors; auto-masking then compares with the mean identity
+    error). Auto-masking: with the identity errors
     ``pe(I_m, I_t)`` of the *unwarped* sources, a pixel only counts where
     ``min_m e_m < min_m pe(I_m, I_t)`` (static pixels, e.g. a car moving with the ego car,
     are masked). The loss is the mean over counted pixels, 0 if none.
@@ -180,6 +154,7 @@ def reprojection_loss(
         source_valid: sources that exist for each image (a neighbour clamped to the current
             frame at a sequence end is no source: it would auto-mask every pixel); ``None``
             = all.
+        reduction: "min" or "mean" over sources (see above).
 
     Raises:
         ValueError: if the shapes disagree.
@@ -190,6 +165,8 @@ def reprojection_loss(
     Deliberate difference: the weights are normalised by the opacity so the loss cannot be
     lowered by making rays transparent.
     """
+    if reduction not in ("min", "mean"):
+        raise ValueError(f"reprojection_loss: reduction must be 'min' or 'mean', got {reduction!r}")
     m, n, s = sample_colours.shape[:3]
     if sample_weights.shape != (n, s, *target.shape[-2:]) or target.shape[:2] != (n, 3):
         raise ValueError(
@@ -205,15 +182,23 @@ def reprojection_loss(
     in_view = (w.squeeze(3) * sample_in_view).sum(dim=2) >= min_in_view  # [M N H W]
     if source_valid is not None:
         in_view = in_view & source_valid[:, :, None, None]
-    # A source that sees too little of the ray must never win the minimum.
-    errors = torch.where(in_view, errors, torch.full_like(errors, 1e3))
-    best, _ = errors.min(dim=0)
     keep = in_view.any(dim=0)
+    if reduction == "mean":
+        count = in_view.sum(dim=0).clamp_min(1)
+        best = torch.where(in_view, errors, torch.zeros_like(errors)).sum(dim=0) / count
+    else:
+        # A source that sees too little of the ray must never win the minimum.
+        best, _ = torch.where(in_view, errors, torch.full_like(errors, 1e3)).min(dim=0)
     if identity is not None:
         id_err = photometric_error(identity.flatten(0, 1), target.repeat(m, 1, 1, 1)).unflatten(0, (m, n))
-        if source_valid is not None:
-            id_err = torch.where(source_valid[:, :, None, None], id_err, torch.full_like(id_err, float("inf")))
-        keep = keep & (best < id_err.min(dim=0).values)
+        if reduction == "mean":
+            ok = source_valid[:, :, None, None].expand_as(id_err) if source_valid is not None else torch.ones_like(in_view)
+            id_ref = torch.where(ok, id_err, torch.zeros_like(id_err)).sum(dim=0) / ok.sum(dim=0).clamp_min(1)
+        else:
+            if source_valid is not None:
+                id_err = torch.where(source_valid[:, :, None, None], id_err, torch.full_like(id_err, float("inf")))
+            id_ref = id_err.min(dim=0).values
+        keep = keep & (best < id_ref)
     if mask is not None:
         keep = keep & mask
     return masked_mean(best, keep)

@@ -60,3 +60,70 @@ def hessian_loss(
     centre = sdf_stencil[:, :1]
     second = (sdf_stencil[:, 1:4] + sdf_stencil[:, 4:7] - 2 * centre) / step**2  # [P 3]
     return masked_mean(second.abs().sum(dim=-1), mask)
+
+
+def _central(f: Tensor, axis: int, h: float) -> Tensor:
+    """Central difference ``(f[i+1] - f[i-1]) / 2h`` along a spatial axis (0, 1, 2 of the
+    trailing three dims), interior cells only along that axis."""
+    d = f.ndim - 3 + axis
+    n = f.shape[d]
+    return (f.narrow(d, 2, n - 2) - f.narrow(d, 0, n - 2)) / (2.0 * h)
+
+
+def _interior(f: Tensor, axes: tuple[int, ...]) -> Tensor:
+    """Drop the first and last cell along the given spatial axes."""
+    for axis in axes:
+        d = f.ndim - 3 + axis
+        f = f.narrow(d, 1, f.shape[d] - 2)
+    return f
+
+
+def grid_gradient(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, float, float]) -> Float[Tensor, "*b 3 x y z"]:
+    """Central-difference gradient of a cell-centred grid on its interior cells
+    (``x = X - 2`` etc.), metres / metre.
+
+    Raises:
+        ValueError: if an axis has fewer than 3 cells.
+    """
+    if min(sdf.shape[-3:]) < 3:
+        raise ValueError(f"grid_gradient: need >= 3 cells per axis, got {tuple(sdf.shape[-3:])}")
+    parts = [_interior(_central(sdf, k, spacing[k]), tuple(a for a in range(3) if a != k)) for k in range(3)]
+    return torch.stack(parts, dim=-4)
+
+
+def grid_eikonal_loss(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, float, float]) -> Float[Tensor, ""]:
+    """Eikonal loss on a dense grid: ``mean((|grad f| - 1)^2)`` over the interior cells, the
+    gradient by central differences (no double backward).
+
+    Source: IGR (Gropp et al. 2020) eq. 2; SelfOcc (Huang et al. 2024) applies its eikonal
+    term (weight 0.1) to finite differences of the decoded grid.
+    """
+    g = grid_gradient(sdf, spacing)
+    return ((g.norm(dim=-4) - 1.0) ** 2).mean()
+
+
+def grid_hessian_loss(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, float, float]) -> Float[Tensor, ""]:
+    """Second-order smoothness on a dense grid: the mean absolute value of all 9 entries of
+    the finite-difference Hessian over the interior cells.
+
+    Diagonal entries ``(f[i+1] - 2 f[i] + f[i-1]) / h^2``; mixed entries by central
+    differences of central differences, ``(f[+,+] - f[+,-] - f[-,+] + f[-,-]) / (4 h_a h_b)``,
+    each counted twice (the Hessian is symmetric). Exactly 0 for a field linear in x.
+
+    Source: SelfOcc (Huang et al. 2024) Hessian regulariser (weight 0.01), the mean over the
+    9 Hessian entries of the decoded grid.
+    """
+    if min(sdf.shape[-3:]) < 3:
+        raise ValueError(f"grid_hessian_loss: need >= 3 cells per axis, got {tuple(sdf.shape[-3:])}")
+    total = 0.0
+    for k in range(3):
+        d = sdf.ndim - 3 + k
+        n = sdf.shape[d]
+        second = (sdf.narrow(d, 2, n - 2) - 2 * sdf.narrow(d, 1, n - 2) + sdf.narrow(d, 0, n - 2)) / spacing[k] ** 2
+        total = total + _interior(second, tuple(a for a in range(3) if a != k)).abs().mean()
+    for a in range(3):
+        for b in range(a + 1, 3):
+            mixed = _central(_central(sdf, a, spacing[a]), b, spacing[b])
+            c = 3 - a - b
+            total = total + 2.0 * _interior(mixed, (c,)).abs().mean()
+    return total / 9.0

@@ -24,7 +24,8 @@ from selfsup.grid import OCC3D_GRID, VoxelGrid
 from selfsup.losses.gaussian import flow_regularization
 from selfsup.losses.photometric import masked_mean
 from selfsup.model_api import (
-    ModelOutput, OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene, depth_image, read_nearest,
+    ModelOutput, OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene, check_choice, depth_image,
+    read_nearest,
 )
 from selfsup.objectives import depth_objective, depth_target, photometric_objective, rgb_objective, semantic_objective
 from selfsup.representations.gaussians import (
@@ -184,10 +185,8 @@ class GaussianOcc(OccupancyModel):
         recurrent_eval: bool = True,
     ):
         super().__init__()
-        if depth_source not in ("lidar", "pseudo"):
-            raise ValueError(f"GaussianOcc: depth_source must be 'lidar' or 'pseudo', got {depth_source!r}")
-        if depth_loss_on not in ("accumulated", "expected"):
-            raise ValueError(f"GaussianOcc: depth_loss_on must be 'accumulated' or 'expected', got {depth_loss_on!r}")
+        check_choice("GaussianOcc", "depth_source", depth_source, ("lidar", "pseudo"))
+        check_choice("GaussianOcc", "depth_loss_on", depth_loss_on, ("accumulated", "expected"))
         current = supervise_current_depth or depth_source == "pseudo"
         defaults: dict[str, Callable] = {
             "depth": functools.partial(
@@ -300,15 +299,7 @@ class GaussianOcc(OccupancyModel):
         """The Gaussians of :meth:`encode`."""
         return self.encode(batch).gaussians
 
-    def render(
-        self,
-        scene: GaussianScene,
-        K: Float[Tensor, "B V 3 3"],
-        T_ego_cam: Float[Tensor, "B V 4 4"],
-        grid: PixelGrid,
-        times: Float[Tensor, "B"] | None = None,
-        features: bool = True,
-    ) -> RenderedViews:
+    def render(self, scene: GaussianScene, K: Tensor, T_ego_cam: Tensor, grid: PixelGrid, times=None, features=True) -> RenderedViews:
         """Splat the Gaussians, moved by the flow to ``times`` (seconds from the current
         frame; None or no flow = static), at the pixel centres of a regular grid
         (intrinsics rescaled from ``grid.image_hw`` to ``grid.grid_hw``).
@@ -412,7 +403,7 @@ class GaussianOcc(OccupancyModel):
                 and ``supervise_current_depth=False``.
         """
         if (
-            batch.batched and batch.images.shape[1] == 1 and self.loss_weights["depth"] > 0
+            batch.images.dim() == 6 and batch.images.shape[1] == 1 and self.loss_weights["depth"] > 0
             and self.depth_source == "lidar" and not self.supervise_current_depth
         ):
             raise ValueError(

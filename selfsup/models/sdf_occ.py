@@ -4,11 +4,18 @@ Implements the staged contract of ``selfsup.model_api``: ``encode`` lifts the cu
 frame's (t = 0) image features into TPV planes (:class:`TPVScene`), ``render`` ray-marches
 the SDF with the NeuS renderer at any pixels (rays clipped to the representation's box and
 ``[near, far]``), ``predict_occupancy`` thresholds the SDF at the voxel centres, and the
-regularizers are the eikonal and second-order smoothness terms. Training renders a jittered
-``rays_hw`` grid per camera of the current frame and scores it with the shared objectives
+regularizers are the eikonal and second-order smoothness terms. Training renders a
+``rays_hw`` grid per camera of the current frame (jittered per cell, or SelfOcc's randomly
+scaled and offset sub-grid) and scores it with the shared objectives
 (``selfsup.objectives``): photometric reprojection of the rendered sample points into the
-temporal neighbours, rendered colour, optional depth (LiDAR or pseudo) and semantics.
-Everything is in the ego frame of the current frame, metres.
+temporal neighbours, rendered colour, optional depth (LiDAR or pseudo) and semantics,
+and optionally the non-local photometric depth search (``selfsup.losses.stereo``).
+
+Two fields: the TPV decoder queried at every ray sample (autograd gradients at the samples,
+a double backward for the eikonal term), or, with ``field_resolution``, the field decoded
+once per step on a dense grid (SelfOcc's way) and read by trilinear lookups
+(``render.grid``), the NeuS slope taken along the ray and the eikonal / Hessian terms as
+finite differences on the grid. Everything is in the ego frame of the current frame, metres.
 """
 
 from __future__ import annotations
@@ -22,12 +29,22 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from render.rays import pixel_rays, ray_aabb
+from render.grid import GridField, grid_spacing, sample_grid
+from render.rays import jittered_pixel_grid, pixel_rays, ray_aabb, rays_in_box, strided_pixel_grid
 from render.volume import FieldSamples, NeuSRenderer
 from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
-from selfsup.losses import axis_offsets, eikonal_loss, hessian_loss
-from selfsup.model_api import OccupancyModel, OccupancyPrediction, PixelGrid, RenderedViews, Scene
+from selfsup.losses import axis_offsets, eikonal_loss, grid_eikonal_loss, grid_hessian_loss, hessian_loss, masked_mean
+from selfsup.losses.stereo import inverse_depth_candidates, photometric_depth_search
+from selfsup.model_api import (
+    OccupancyModel,
+    OccupancyPrediction,
+    PixelGrid,
+    RenderedViews,
+    Scene,
+    check_choice,
+    read_nearest,
+)
 from selfsup.objectives import depth_objective, photometric_objective, rgb_objective, semantic_objective
 from selfsup.representations.triplane_sdf import TPVPlanes, TriplaneSDF
 from selfsup.voxelizer import voxelize_field
@@ -41,6 +58,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "hessian": 0.01,
     "depth": 0.0,
     "semantic": 0.1,
+    "search": 0.0,
 }
 SDF_REGULARIZERS = ("eikonal", "hessian")
 
@@ -52,9 +70,13 @@ def _no_depth_source(views: RenderedViews, batch: Frames, mask: Tensor) -> Tenso
 
 @dataclass
 class TPVScene(Scene):
-    """The SDF tri-plane state of a batch: ``planes`` (``TPVPlanes``, batch B)."""
+    """The SDF tri-plane state of a batch: ``planes`` (``TPVPlanes``, batch B) and, for a
+    grid-decoded field, ``sdf_grid`` ``[B X Y Z]`` (metres) and ``feature_grid``
+    ``[B C X Y Z]`` (colour then semantic logits) on ``field_resolution`` cells over the box."""
 
     planes: TPVPlanes
+    sdf_grid: Tensor | None = None
+    feature_grid: Tensor | None = None
 
 
 class SDFOcc(OccupancyModel):
@@ -65,7 +87,7 @@ class SDFOcc(OccupancyModel):
         representation: the TPV SDF; its ``feat_channels`` must equal the encoder's
             ``out_channels``.
         renderer: NeuS volume renderer.
-        rays_hw: (rows, cols) of the jittered ray grid per camera (SelfOcc: 48 x 100).
+        rays_hw: (rows, cols) of the training ray grid per camera (SelfOcc: 48 x 100).
         loss_weights: weights of the objectives ("photometric", "rgb", "depth",
             "semantic", any extra ``objectives``) and regularizers ("eikonal", "hessian");
             missing keys take ``DEFAULT_LOSS_WEIGHTS`` (0 for extra objectives).
@@ -80,7 +102,28 @@ class SDFOcc(OccupancyModel):
         hessian_points: random sample points per batch element for the smoothness term.
         hessian_step: finite-difference step of the smoothness term, metres.
         sdf_threshold: voxels with SDF <= this are occupied (metres).
-        min_opacity: rendered depth is 0 where the ray opacity is below this.
+        min_opacity: rendered depth is 0 where the ray opacity is below this; with 0
+            (default, SelfOcc's convention) depth is never 0: the opacity-normalised
+            expected distance clamped to the ray's ``[near, far]``.
+        field_resolution: ``None``: the renderer queries the TPV decoder at every sample.
+            ``(X, Y, Z)``: the field is decoded once per step on that grid over the box and
+            read by trilinear lookups; eikonal / Hessian by finite differences on the grid.
+        search_candidates: depth candidates per ray of the non-local photometric depth
+            search (``selfsup.losses.stereo``); its confident hypotheses supervise the
+            rendered distance (objective "search", L1 of log distances); needed when
+            ``loss_weights["search"] > 0``.
+        search_near: nearest search candidate, metres.
+        search_patch: patch size of the search, pixels of the training images.
+        train_encoder: ``False`` freezes the image encoder (no gradient): without pretrained
+            weights a randomly initialised encoder is a fixed random feature extractor and
+            the planes and decoder learn the scene; the lifted features are then computed
+            once per batch content and reused.
+        ray_sampling: "jitter" (one ray per grid cell, uniform in the cell) or "strided"
+            (SelfOcc: ``render.rays.strided_pixel_grid``).
+        cos_anneal_steps: NeuS cosine anneal ratio ramped 0 -> 1 over this many training
+            steps (SelfOcc: 5000); 0 = ratio 1 throughout.
+        photometric_reduction: "min" (monodepth2; SelfOcc's KITTI configs) or "mean"
+            (SelfOcc's nuScenes configs) of the reprojection errors over the sources.
 
     Raises:
         ValueError: unknown loss names, negative weights, a depth weight without a depth
@@ -107,11 +150,26 @@ class SDFOcc(OccupancyModel):
         hessian_points: int = 1024,
         hessian_step: float = 0.2,
         sdf_threshold: float = 0.0,
-        min_opacity: float = 0.05,
+        min_opacity: float = 0.0,
+        field_resolution: tuple[int, int, int] | None = None,
+        search_candidates: int = 0,
+        search_near: float = 1.0,
+        search_patch: int = 5,
+        train_encoder: bool = True,
+        ray_sampling: Literal["jitter", "strided"] = "jitter",
+        cos_anneal_steps: int = 0,
+        photometric_reduction: Literal["min", "mean"] = "min",
     ):
         super().__init__()
-        if depth_source not in ("none", "lidar", "pseudo"):
-            raise ValueError(f"SDFOcc: depth_source must be 'none', 'lidar' or 'pseudo', got {depth_source!r}")
+        if field_resolution is not None and (len(field_resolution) != 3 or min(field_resolution) < 3):
+            raise ValueError(f"SDFOcc: field_resolution must be 3 sizes >= 3, got {field_resolution}")
+        if (loss_weights or {}).get("search", 0) > 0 and search_candidates < 2:
+            raise ValueError("SDFOcc: loss_weights['search'] > 0 needs search_candidates >= 2")
+        check_choice("SDFOcc", "ray_sampling", ray_sampling, ("jitter", "strided"))
+        if cos_anneal_steps < 0:
+            raise ValueError(f"SDFOcc: cos_anneal_steps must be >= 0, got {cos_anneal_steps}")
+        check_choice("SDFOcc", "photometric_reduction", photometric_reduction, ("min", "mean"))
+        check_choice("SDFOcc", "depth_source", depth_source, ("none", "lidar", "pseudo"))
         if (loss_weights or {}).get("depth", 0) > 0 and depth_source == "none" and "depth" not in (objectives or {}):
             raise ValueError("SDFOcc: loss_weights['depth'] > 0 needs depth_source='lidar' or 'pseudo'")
         if not 0 <= near < far:
@@ -122,9 +180,10 @@ class SDFOcc(OccupancyModel):
                 f"SDFOcc: encoder gives {encoder.out_channels} channels, representation expects {feat_channels}"
             )
         defaults: dict[str, Callable] = {
-            "photometric": photometric_objective,
+            "photometric": functools.partial(photometric_objective, reduction=photometric_reduction),
             "rgb": rgb_objective,
             "semantic": semantic_objective,
+            "search": self._search_objective,
         }
         if depth_source != "none":
             defaults["depth"] = functools.partial(depth_objective, source=depth_source, norm="l1", on="expected")
@@ -148,6 +207,17 @@ class SDFOcc(OccupancyModel):
         self.hessian_step = hessian_step
         self.sdf_threshold = sdf_threshold
         self.min_opacity = min_opacity
+        self.field_resolution = tuple(field_resolution) if field_resolution is not None else None
+        self.search_candidates = search_candidates
+        self.search_near = search_near
+        self.search_patch = search_patch
+        self.train_encoder = train_encoder
+        if not train_encoder:
+            self.encoder.requires_grad_(False)
+        self.ray_sampling = ray_sampling
+        self.cos_anneal_steps = cos_anneal_steps
+        # Training steps seen (drives the cosine anneal; saved, so a resumed run continues).
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ stages
     def encode(self, batch: Frames) -> TPVScene:
@@ -157,13 +227,55 @@ class SDFOcc(OccupancyModel):
             ValueError: if ``batch`` is not batched.
         """
         if not batch.batched:
-            raise ValueError("SDFOcc.encode: expected a batched Frames (use collate_frames)")
+            raise ValueError("SDFOcc: expected a batched Frames (images [B, T, V, 3, H, W]); use collate_frames")
         images = batch.images[:, 0]
-        features = self.encoder(images)
-        planes = self.representation.build(
-            features, self.encoder.strides, batch.K[:, 0], batch.T_ego_cam[:, 0], tuple(images.shape[-2:])
-        )
-        return TPVScene(planes=planes)
+        rep = self.representation
+
+        def lifted() -> dict[str, Tensor]:
+            mode = self.encoder.training
+            if not self.train_encoder:
+                # A frozen (randomly initialised) encoder has no meaningful running statistics:
+                # it normalises with the batch statistics in training and evaluation alike.
+                self.encoder.train()
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_encoder):
+                features = self.encoder(images)
+            self.encoder.train(mode)
+            return rep.lift(features, self.encoder.strides, batch.K[:, 0], batch.T_ego_cam[:, 0], tuple(images.shape[-2:]))
+
+        if self.train_encoder:
+            planes = rep.planes_from_lifted(lifted())
+        else:
+            with torch.no_grad():
+                cells = self._cached(self._batch_key(batch, "lift"), lifted)
+            planes = rep.planes_from_lifted(cells)
+        if self.field_resolution is None:
+            return TPVScene(planes=planes)
+        sdf, feats = rep.decode_grid(planes, self.field_resolution)
+        return TPVScene(planes=planes, sdf_grid=sdf, feature_grid=feats)
+
+    def _batch_key(self, batch: Frames, what: str) -> tuple:
+        """Identifies a batch's inputs for the caches of input-only (parameter-free) results."""
+        return (what, str(batch.tokens), tuple(batch.images.shape), float(batch.images.sum()),
+                float(batch.K.sum()), float(batch.T_ego_cam.sum()))
+
+    def _cached(self, key: tuple, compute: Callable):
+        """``compute()`` once per key (a few entries are kept in memory; never saved)."""
+        cache = self.__dict__.setdefault("_input_cache", {})
+        if key not in cache:
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[key] = compute()
+        return cache[key]
+
+    def _fields(self, scene: TPVScene, channels: int | None) -> list[Callable]:
+        """One renderer field per batch element: grid lookups (the first ``channels`` feature
+        channels, all for ``None``) or the TPV decoder."""
+        batch = scene.planes.xy.shape[0]
+        if scene.sdf_grid is None:
+            return [self._field(scene.planes.select(b)) for b in range(batch)]
+        lower, upper = self.representation.grid.box(scene.sdf_grid.device)
+        feats = scene.feature_grid if channels is None else scene.feature_grid[:, :channels]
+        return [GridField(scene.sdf_grid[b], feats[b], lower, upper, self.representation.outside_sdf) for b in range(batch)]
 
     def _field(self, planes: TPVPlanes) -> Callable[[Tensor], FieldSamples]:
         """The renderer's field callable for one batch element's planes (batch dim 1)."""
@@ -176,34 +288,36 @@ class SDFOcc(OccupancyModel):
 
         return field
 
-    def render(
-        self,
-        scene: TPVScene,
-        K: Float[Tensor, "B V 3 3"],
-        T_ego_cam: Float[Tensor, "B V 4 4"],
-        grid: PixelGrid,
-        times: Float[Tensor, "B"] | None = None,
-        features: bool = True,
-    ) -> RenderedViews:
+    def render(self, scene: TPVScene, K: Tensor, T_ego_cam: Tensor, grid: PixelGrid, times=None, features=True) -> RenderedViews:
         """NeuS rendering of the rays through ``grid.pixels`` of every camera (the field is
         static: ``times`` is ignored). Depth is the opacity-normalised expected distance
         times each ray's depth per unit distance (SelfOcc); ``sample_points`` are detached;
-        ``extras["sdf_gradients"]`` holds the SDF gradients at the samples (eikonal)."""
+        ``extras["sdf_gradients"]`` holds the SDF gradients at the samples (eikonal, decoder
+        field only), ``extras["dist"]`` the distance along each ray and
+        ``extras["ray_far"]`` where it leaves the box (metres). ``features=False`` renders
+        geometry only (grid field: no colour / logits are read); a grid field reads the
+        semantic channels only when the semantic objective is on."""
         batch, views = K.shape[:2]
         R = grid.num_rays
         uv = grid.pixels.to(K.device)
-        rays = pixel_rays(K, T_ego_cam, uv.expand(batch, views, -1, -1))
         lower, upper = self.representation.grid.box(uv.device)
-        t_near, t_far, _ = ray_aabb(rays.origins, rays.directions, lower, upper)
-        near = t_near.clamp_min(self.near)
-        far = torch.minimum(t_far, torch.full_like(t_far, self.far))
+        rays, near, far = rays_in_box(K, T_ego_cam, uv.expand(batch, views, -1, -1), lower, upper, self.near, self.far)
+        rep = self.representation
+        if not features:
+            channels = 0
+        elif self.loss_weights.get("semantic", 0) > 0 and rep.num_classes:
+            channels = None
+        else:
+            channels = 3 * rep.rgb
+        fields = self._fields(scene, channels)
         outputs = [
             self.renderer(
-                self._field(scene.planes.select(b)),
+                fields[b],
                 rays.origins[b].reshape(-1, 3),
                 rays.directions[b].reshape(-1, 3),
                 near[b].reshape(-1),
                 far[b].reshape(-1),
+                compute_gradients=scene.sdf_grid is None,
             )
             for b in range(batch)
         ]
@@ -213,18 +327,21 @@ class SDFOcc(OccupancyModel):
 
         opacity = stack("opacity")
         dist = torch.stack([o.normalized_dist() for o in outputs]).reshape(batch, views, R)
+        # SelfOcc: the normalised expected distance clipped to the ray's sample range.
+        dist = torch.minimum(dist.clamp_min(self.near), far.reshape(batch, views, R).clamp_min(self.near))
         feats = stack("features")
-        rep = self.representation
         grads = [o.sdf_gradients for o in outputs]
         extras = {"sdf_gradients": torch.stack(grads)} if all(g is not None for g in grads) else {}
+        extras["dist"] = dist
+        extras["ray_far"] = far.reshape(batch, views, R)
         return RenderedViews(
             depth=dist * rays.depth_per_dist,
             opacity=opacity,
             pixels=uv.expand(batch, views, -1, -1),
             image_hw=grid.image_hw,
             grid_hw=grid.grid_hw,
-            rgb=feats[..., :3] if rep.rgb else None,
-            semantic_logits=feats[..., 3 * rep.rgb :] if rep.num_classes else None,
+            rgb=feats[..., :3] if rep.rgb and feats.shape[-1] >= 3 else None,
+            semantic_logits=feats[..., 3 * rep.rgb :] if rep.num_classes and feats.shape[-1] > 3 * rep.rgb else None,
             sample_points=stack("points").detach(),
             sample_weights=stack("weights"),
             extras=extras,
@@ -235,6 +352,11 @@ class SDFOcc(OccupancyModel):
         the finite-difference smoothness at ``hessian_points`` random rendered samples per
         batch element (stencils leaving the box do not count)."""
         out: dict[str, Tensor] = {}
+        if scene.sdf_grid is not None:
+            spacing = tuple(float(x) for x in grid_spacing(self.field_resolution, *self.representation.grid.box()))
+            out["eikonal"] = grid_eikonal_loss(scene.sdf_grid, spacing)
+            out["hessian"] = grid_hessian_loss(scene.sdf_grid, spacing)
+            return out
         grads = [v.extras["sdf_gradients"] for v in views if "sdf_gradients" in v.extras]
         if grads:
             out["eikonal"] = eikonal_loss(grads[0] if len(grads) == 1 else torch.cat([g.flatten(0, -2) for g in grads]))
@@ -252,7 +374,76 @@ class SDFOcc(OccupancyModel):
         return out
 
     def statistics(self, scene: TPVScene, views: list[RenderedViews], batch: Frames) -> dict[str, Tensor]:
-        return {"inv_s": self.renderer.inv_s.detach()}
+        stats = {"inv_s": self.renderer.inv_s.detach(), "cos_anneal": torch.tensor(float(self.renderer.cos_anneal_ratio))}
+        if "search_confident" in self.__dict__:
+            stats["search_confident"] = self.__dict__.pop("search_confident")
+        return stats
+
+    # ------------------------------------------------------------------ training rays
+    def training_views(self, scene: TPVScene, batch: Frames) -> list[RenderedViews]:
+        """The current frame's cameras on the ``rays_hw`` grid: per-cell jitter or SelfOcc's
+        strided sub-grid (``ray_sampling``); advances the cosine anneal in training mode."""
+        if self.training:
+            if self.cos_anneal_steps:
+                self.renderer.cos_anneal_ratio = min(1.0, float(self.train_step) / self.cos_anneal_steps)
+            self.train_step += 1
+        if self.ray_sampling == "jitter":
+            return super().training_views(scene, batch)
+        H, W = batch.images.shape[-2:]
+        device = batch.images.device
+        pixels = strided_pixel_grid(H, W, *self.rays_hw, random=self.training, device=device)
+        grid = PixelGrid((H, W), self.rays_hw, pixels, self.training)
+        return [self.render(scene, batch.K[:, 0], batch.T_ego_cam[:, 0], grid)]
+
+    # ------------------------------------------------------------------ depth search
+    def _search_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor | None:
+        """L1 between the log rendered distance and the log distance of the confident
+        photometric depth-search hypothesis at each ray's pixel (frame 0 only)."""
+        if batch.images.shape[1] < 2 or views.frame != 0:
+            return None
+        found_dist, found_ok = self._cached(self._batch_key(batch, "search"), lambda: self.search_depth(batch))
+        B, V = views.depth.shape[:2]
+        target = read_nearest(found_dist.unflatten(0, (B, V)), views.pixels)
+        keep = read_nearest(found_ok.unflatten(0, (B, V)), views.pixels) & mask
+        rendered = views.extras["dist"].clamp_min(1e-3)
+        self.__dict__["search_confident"] = keep.float().mean().detach()
+        return masked_mean((rendered.log() - target.log()).abs(), keep)
+
+    @torch.no_grad()
+    def search_depth(self, batch: Frames, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+        """The non-local photometric depth search (``selfsup.losses.stereo``) at every pixel
+        centre of every current-frame image against all neighbouring frames. It depends on
+        the images and poses only, so training computes it once per batch content.
+
+        Returns:
+            ``(dist, confident)``, ``[B*V, H, W]`` each: the best candidate's distance
+            along the pixel's ray (metres) and whether it is confident.
+        """
+        B, T, V, _, H, W = batch.images.shape
+        device = batch.images.device
+        uv = jittered_pixel_grid(H, W, H, W, jitter=False, device=device)
+        rays = pixel_rays(batch.K[:, 0], batch.T_ego_cam[:, 0], uv.expand(B, V, -1, -1))
+        lower, upper = self.representation.grid.box(device)
+        _, t_far, _ = ray_aabb(rays.origins, rays.directions, lower, upper)
+        T_ego0_cam = batch.T_ego0_cam()
+        candidates = inverse_depth_candidates(self.search_near, self.far, self.search_candidates, device=device)
+        source_valid = (batch.frame_offsets[:, 1:] != 0).T.repeat_interleave(V, dim=1)  # [T-1 N]
+        dist = torch.zeros(B * V, H * W, device=device)
+        ok = torch.zeros(B * V, H * W, dtype=torch.bool, device=device)
+        for b in range(B):
+            for v in range(V):
+                n = b * V + v
+                for s in range(0, H * W, chunk):
+                    e = min(s + chunk, H * W)
+                    found = photometric_depth_search(
+                        batch.images[b, 0, v][None], batch.images[b, 1:, v][:, None],
+                        batch.K[b, 0, v][None], batch.K[b, 1:, v][:, None], T_ego0_cam[b, 1:, v][:, None],
+                        rays.origins[b, v, s:e][None], rays.directions[b, v, s:e][None], uv[s:e][None],
+                        t_far[b, v, s:e][None], candidates, source_valid=source_valid[:, n : n + 1],
+                        patch=self.search_patch,
+                    )
+                    dist[n, s:e], ok[n, s:e] = found.dist[0], found.confident[0]
+        return dist.reshape(B * V, H, W), ok.reshape(B * V, H, W)
 
     @torch.no_grad()
     def predict_occupancy(self, scene: TPVScene) -> OccupancyPrediction:
@@ -262,6 +453,17 @@ class SDFOcc(OccupancyModel):
         rep = self.representation
         out = []
         device = scene.planes.xy.device
+        if scene.sdf_grid is not None:
+            lower, upper = rep.grid.box(device)
+            for b in range(scene.sdf_grid.shape[0]):
+                volume = torch.cat([scene.sdf_grid[b][None], scene.feature_grid[b, 3 * rep.rgb :]], dim=0)
+
+                def lookup(xyz: Tensor, volume: Tensor = volume) -> tuple[Tensor, Tensor]:
+                    v = sample_grid(volume, lower, upper, xyz)
+                    return v[:, 0], v[:, 1:] if v.shape[1] > 1 else v.new_zeros(xyz.shape[0], 1)
+
+                out.append(voxelize_field(lookup, rep.grid, self.sdf_threshold, device=device))
+            return OccupancyPrediction(labels=torch.stack(out))
         for b in range(scene.planes.xy.shape[0]):
             planes_b = scene.planes.select(b)
 

@@ -12,7 +12,9 @@ from selfsup.losses.photometric import project_points, reprojection_loss, rgb_lo
 from selfsup.model_api import RenderedViews
 
 
-def photometric_objective(views: RenderedViews, batch: Frames, mask: Bool[Tensor, "B V R"]) -> Tensor | None:
+def photometric_objective(
+    views: RenderedViews, batch: Frames, mask: Bool[Tensor, "B V R"], reduction: str = "min"
+) -> Tensor | None:
     """Reprojection loss of the rendered sample points into the other frames, auto-masked.
 
     Every sample ``x_i`` (weight ``w_i``) of a ray of frame ``f = views.frame`` is projected
@@ -20,7 +22,8 @@ def photometric_objective(views: RenderedViews, batch: Frames, mask: Bool[Tensor
     the points are in the current ego frame), the source colour ``c_i^m`` is read bilinearly
     there, and per pixel ``e_m = 0.85 (1 - SSIM(sum_i w~_i c_i^m, I_f)) / 2 + 0.15 sum_i w~_i
     |c_i^m - I_f|`` with ``w~ = w / sum w``; the loss is the mean over counted rays of
-    ``min_m e_m``, where a ray counts if ``mask``, enough weight projects into a source, and
+    ``min_m e_m`` (``reduction="mean"``: the mean over the counted sources, SelfOcc's
+    nuScenes setting), where a ray counts if ``mask``, enough weight projects into a source, and
     ``min_m e_m < min_m pe(I_m, I_f)`` (auto-masking against the unwarped sources). A source
     whose frame offset equals frame f's (a neighbour clamped at a sequence end) never counts.
     Exactly :func:`selfsup.losses.photometric.reprojection_loss` on the ray grid.
@@ -64,7 +67,7 @@ def photometric_objective(views: RenderedViews, batch: Frames, mask: Bool[Tensor
     valid = mask.reshape(N, rows, cols)
     return reprojection_loss(
         torch.stack(colours), weights, torch.stack(in_view), target, torch.stack(identity), valid,
-        source_valid=source_valid,
+        source_valid=source_valid, reduction=reduction,
     )
 
 

@@ -33,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 
-from selfsup.occ_gt.boxes import assign_points_to_boxes, replace_with_box
+from selfsup.occ_gt.boxes import assign_points_to_boxes, replace_with_box, rigid_inverse
 from selfsup.occ_gt.sources import UNLABELLED, SceneRecord
 
 THING_CLASSES = frozenset(range(0, 11))
@@ -88,19 +88,20 @@ def window_indices(scene: SceneRecord, target: int, window: Optional[int]) -> li
 
 
 def _ground_offset(target_ground: np.ndarray, ground: np.ndarray, cell: float = 2.0) -> float:
-    """Median over shared 2 m cells of (cell median z of `ground` - of `target_ground`)."""
+    """Median over shared 2 m cells of (cell median z of `ground` - of `target_ground`);
+    0 when fewer than 5 cells are shared."""
     if target_ground.shape[0] == 0 or ground.shape[0] == 0:
         return 0.0
 
     def cell_medians(p):
+        # (lower) median z per cell with >= 3 points, vectorized: sort by (cell, z), take the middle
         keys = np.floor(p[:, :2] / cell).astype(np.int64)
         keys = keys[:, 0] * 100003 + keys[:, 1]
-        order = np.argsort(keys, kind="stable")
+        order = np.lexsort((p[:, 2], keys))
         keys, z = keys[order], p[order, 2]
-        uniq, start = np.unique(keys, return_index=True)
-        meds = np.array([np.median(seg) for seg in np.split(z, start[1:])])
-        counts = np.diff(np.append(start, keys.size))
+        uniq, start, counts = np.unique(keys, return_index=True, return_counts=True)
         ok = counts >= 3
+        meds = z[start + (counts - 1) // 2]
         return dict(zip(uniq[ok].tolist(), meds[ok].tolist()))
 
     a, b = cell_medians(target_ground), cell_medians(ground)
@@ -147,7 +148,7 @@ def aggregate(
     """
     cache = {} if cache is None else cache
     tgt = scene.frames[target]
-    T_tgt_global = np.linalg.inv(tgt.T_global_ego)
+    T_tgt_global = rigid_inverse(tgt.T_global_ego)
     tgt_boxes = {b.instance: b for b in tgt.boxes}
     xyz_all, lab_all, org_all, frm_all, inst_all = [], [], [], [], []
     target_ground = None

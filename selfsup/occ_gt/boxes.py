@@ -80,18 +80,31 @@ def assign_points_to_boxes(
 ) -> Int64[np.ndarray, "N"]:
     """Index of the first box (grown by ``margin``) that holds each point, -1 for none.
 
-    A cheap bounding-circle test skips the boxes far from a point.
+    Candidates of each box come from a binary search of its bounding sphere's x-range in
+    the x-sorted points and a y-range test, before the exact test.
     """
     owner = np.full(points.shape[0], -1, dtype=np.int64)
+    if not boxes or points.shape[0] == 0:
+        return owner
+    order = np.argsort(points[:, 0], kind="stable")
+    xs = points[order, 0]
     for i, box in enumerate(boxes):
-        radius = float(np.linalg.norm(box.size / 2 + margin))
-        near = np.nonzero(
-            (owner < 0) & (np.sum((points - box.T_frame_box[:3, 3]) ** 2, axis=1) <= radius * radius)
-        )[0]
-        if near.size:
-            inside = points_in_box(points[near], box, margin)
-            owner[near[inside]] = i
+        r = float(np.linalg.norm(box.size / 2 + margin))
+        cx, cy = box.T_frame_box[0, 3], box.T_frame_box[1, 3]
+        lo, hi = np.searchsorted(xs, cx - r, "left"), np.searchsorted(xs, cx + r, "right")
+        cand = order[lo:hi]
+        cand = cand[(np.abs(points[cand, 1] - cy) <= r) & (owner[cand] < 0)]
+        if cand.size:
+            owner[cand[points_in_box(points[cand], box, margin)]] = i
     return owner
+
+
+def rigid_inverse(T: Float[np.ndarray, "4 4"]) -> Float[np.ndarray, "4 4"]:
+    """Inverse of a rigid 4 x 4 transform: [R^T, -R^T t] (exact, no general matrix inverse)."""
+    inv = np.eye(4)
+    inv[:3, :3] = T[:3, :3].T
+    inv[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return inv
 
 
 def replace_with_box(
@@ -107,5 +120,5 @@ def replace_with_box(
     """
     if source.instance != target.instance:
         raise ValueError(f"cannot re-place points of instance {source.instance!r} with box of {target.instance!r}")
-    T = target.T_frame_box @ np.linalg.inv(source.T_frame_box)
+    T = target.T_frame_box @ rigid_inverse(source.T_frame_box)
     return points @ T[:3, :3].T + T[:3, 3]

@@ -158,12 +158,9 @@ DDAD_EGO_BOX = (-1.2, -1.1, 0.25, 3.8, 1.1, 2.2)
 
 
 def _pose_wxyz(rotation_wxyz, translation) -> np.ndarray:
-    from pyquaternion import Quaternion
+    from selfsup.camera import pose_matrix
 
-    T = np.eye(4)
-    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
-    T[:3, 3] = translation
-    return T
+    return pose_matrix(rotation_wxyz, translation)
 
 
 def _load_npz_points(path: Path, what: str, points_key: str, labels_key: Optional[str]):

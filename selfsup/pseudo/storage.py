@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from selfsup.constants import SEMANTIC_UNLABELLED  # in memory; stored as 0
+from selfsup.io import atomic_path
 
 FORMAT = "selfsup-pseudo-png-1"
 MANIFEST = "manifest.json"
@@ -97,19 +97,12 @@ def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> int:
     path = Path(path)
     if array.dtype not in (np.uint8, np.uint16) or array.ndim != 2:
         raise ValueError(f"write_png_atomic({path}): expected a 2-D uint8 or uint16 array, got {array.dtype} {array.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path) as tmp:  # .{name}.<random>.tmp beside path (TMP_SUFFIX), normal permissions
+        with open(tmp, "wb") as f:
             Image.fromarray(array).save(f, format="PNG", compress_level=6)
             f.flush()
             os.fsync(f.fileno())
         size = os.path.getsize(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return size
 
 

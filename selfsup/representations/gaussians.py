@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, UInt8
 from torch import Tensor, nn
 
+from render.geometry import quat_to_rotmat  # noqa: F401  (the one quaternion -> rotation; re-exported)
 from render.precision import full_precision, no_autocast
+from selfsup.constants import DYNAMIC_CLASSES, NUM_SEMANTIC_CLASSES
 from selfsup.grid import OCC3D_FREE, OCC3D_GRID, VoxelGrid
 
 # Occ3D-nuScenes classes that can move (mIoU_D): bicycle, bus, car, construction_vehicle,
 # motorcycle, pedestrian, trailer, truck.
-DYNAMIC_CLASSES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 9, 10)
-NUM_SEMANTIC_CLASSES = 17
 
 
 @dataclass
@@ -86,20 +86,6 @@ class Gaussians:
     def moved(self, means: Float[Tensor, "*b N 3"]) -> "Gaussians":
         """The same Gaussians with new centres (for rendering at another timestamp)."""
         return replace(self, means=means)
-
-
-def quat_to_rotmat(quats: Float[Tensor, "*n 4"]) -> Float[Tensor, "*n 3 3"]:
-    """Rotation matrices of (w, x, y, z) quaternions; the input is normalised first.
-
-    Source: the standard unit-quaternion to rotation-matrix formula (as in gsplat).
-    """
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    rows = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    )  # fmt: skip
-    return torch.stack(rows, dim=-1).unflatten(-1, (3, 3))
 
 
 def gaussian_precision(

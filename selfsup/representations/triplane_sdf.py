@@ -19,7 +19,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from selfsup.grid import OCC3D_GRID, VoxelGrid
-from selfsup.losses.photometric import project_points
+from selfsup.camera import sample_multiview_features
+from selfsup.representations.hash_grid import make_hash_encoding
 
 
 @dataclass
@@ -77,6 +78,16 @@ class TriplaneSDF(nn.Module):
             same for any scale (the last layer's SDF row is divided by it); a larger scale
             lets the optimiser move surfaces by metres in few steps (Adam's step on the
             last layer is about ``lr`` in output units, so ``lr * sdf_scale`` in metres).
+        learn_sdf_offset: ``False`` removes the decoder's SDF output bias from the SDF (it is
+            subtracted again, so it has no effect and no gradient): a learned global offset moves every surface at once, the unobserved
+            ones too (in a one-scene run it raised the whole ground by metres).
+        hash_levels: levels of a multi-resolution hash grid (Instant-NGP) over the box whose
+            features are appended to the TPV features before the MLP (scene detail finer
+            than the planes); 0 = none.
+        hash_backend: "torch" (``selfsup.representations.hash_grid.HashGridEncoding``) or
+            "tcnn" (tinycudann, CUDA only, imported only when selected).
+        hash_features, hash_log2_size, hash_base_resolution, hash_growth: features per
+            level, log2 table size, coarsest resolution and per-level growth of that grid.
 
     Raises:
         ValueError: on an unknown ``sdf_bias`` or a non-positive size.
@@ -105,6 +116,13 @@ class TriplaneSDF(nn.Module):
         bias_radius: float = 25.0,
         outside_sdf: float = 100.0,
         sdf_scale: float = 1.0,
+        learn_sdf_offset: bool = True,
+        hash_levels: int = 0,
+        hash_backend: str = "torch",
+        hash_features: int = 2,
+        hash_log2_size: int = 17,
+        hash_base_resolution: int = 16,
+        hash_growth: float = 1.5,
     ):
         super().__init__()
         if sdf_bias not in ("none", "ground", "ground_cylinder"):
@@ -149,8 +167,14 @@ class TriplaneSDF(nn.Module):
 
         pe_dim = 3 + 6 * pe_frequencies
         out_dim = 1 + (3 if rgb else 0) + num_classes
+        self.hash = None
+        if hash_levels > 0:
+            self.hash = make_hash_encoding(
+                hash_backend, levels=hash_levels, features_per_level=hash_features,
+                log2_hashmap_size=hash_log2_size, base_resolution=hash_base_resolution, growth=hash_growth,
+            )
         layers: list[nn.Module] = []
-        width = plane_channels + pe_dim
+        width = plane_channels + pe_dim + (self.hash.out_dim if self.hash is not None else 0)
         for _ in range(num_layers):
             # Smooth activation (NeuS): the SDF needs useful first and second derivatives.
             layers += [nn.Linear(width, hidden), nn.Softplus(beta=100)]
@@ -161,6 +185,7 @@ class TriplaneSDF(nn.Module):
         with torch.no_grad():
             self.decoder[-1].weight[:1].mul_(0.1 / sdf_scale)
             self.decoder[-1].bias[:1].zero_()
+        self.learn_sdf_offset = learn_sdf_offset
 
     # ------------------------------------------------------------------ lifting
     def _cell_centres(self, axis: int, n: int) -> Tensor:
@@ -217,25 +242,20 @@ class TriplaneSDF(nn.Module):
             raise ValueError(f"TriplaneSDF.lift: {len(features)} feature levels but {len(strides)} strides")
         points, slices = self._pillar_points()  # [P 3]
         batch, n_views = K.shape[:2]
-        height, width = image_hw
         channels = features[0].shape[2]
         total = torch.zeros(batch, channels, points.shape[0], device=points.device, dtype=features[0].dtype)
         count = torch.zeros(batch, 1, points.shape[0], device=points.device, dtype=features[0].dtype)
         pts = points.expand(batch, -1, -1)
-        # A loop over cameras bounds memory at one [B, C, P] sample per camera.
+        # A loop over cameras bounds memory at one [B, C, P] sample per camera. Border
+        # padding: visibility is decided by the sampler, the padding only guards the
+        # half-cell rim of the feature map.
         for v in range(n_views):
-            uv, _, in_front = project_points(pts, K[:, v], T_ego_cam[:, v])
-            inside = in_front & (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
-            vis = inside.to(total.dtype)[:, None]  # [B 1 P]
-            sampled = 0.0
-            for feat, stride in zip(features, strides):
-                fh, fw = feat.shape[-2:]
-                scale = torch.tensor([2.0 / (fw * stride), 2.0 / (fh * stride)], device=uv.device, dtype=uv.dtype)
-                grid = (uv * scale - 1.0)[:, None]  # [B 1 P 2]
-                # Border padding: visibility is decided above, the padding only guards the
-                # half-cell rim of the feature map.
-                read = F.grid_sample(feat[:, v], grid, mode="bilinear", padding_mode="border", align_corners=False)
-                sampled = sampled + read[:, :, 0]
+            values, inside = sample_multiview_features(
+                [f[:, v : v + 1] for f in features], pts, K[:, v : v + 1], T_ego_cam[:, v : v + 1], image_hw,
+                strides, padding_mode="border",
+            )
+            vis = inside.to(total.dtype)  # [B 1 P]
+            sampled = sum(value[:, 0] for value in values)  # [B C P]
             total = total + vis * sampled / len(features)
             count = count + vis
         lifted = total / count.clamp_min(1.0)  # [B C P]
@@ -261,8 +281,13 @@ class TriplaneSDF(nn.Module):
 
         Args and Raises: as :meth:`lift`.
         """
+        return self.planes_from_lifted(self.lift(features, strides, K, T_ego_cam, image_hw))
+
+    def planes_from_lifted(self, cells: dict[str, Tensor]) -> TPVPlanes:
+        """The learned part of :meth:`build`: 1x1 projection, cell embedding, residual block,
+        applied to the output of :meth:`lift`."""
         planes = {}
-        for name, cell in self.lift(features, strides, K, T_ego_cam, image_hw).items():
+        for name, cell in cells.items():
             x = self.project[name](cell) + self.embed[name]
             planes[name] = x + self.refine[name](x)
         return TPVPlanes(**planes)
@@ -286,6 +311,18 @@ class TriplaneSDF(nn.Module):
     def _unit(self, xyz_ego: Tensor) -> Tensor:
         """Points normalised to [-1, 1] over the box (grid_sample coordinates)."""
         return 2.0 * (xyz_ego - self.lower) / (self.upper - self.lower) - 1.0
+
+    def _sdf_output(self, out: Tensor) -> Tensor:
+        """The decoder's SDF channel, without its output bias unless ``learn_sdf_offset``."""
+        return out[..., 0] if self.learn_sdf_offset else out[..., 0] - self.decoder[-1].bias[0]
+
+    def _decoder_input(self, feat: Tensor, unit: Tensor) -> Tensor:
+        """TPV features, positional encoding and (optional) hash features of points."""
+        parts = [feat, self._positional_encoding(unit)]
+        if self.hash is not None:
+            flat = (0.5 * (unit + 1.0)).reshape(-1, 3)
+            parts.append(self.hash(flat).reshape(*unit.shape[:-1], -1).to(feat.dtype))
+        return torch.cat(parts, dim=-1)
 
     def sample_planes(self, planes: TPVPlanes, xyz_ego: Float[Tensor, "B N 3"]) -> Float[Tensor, "B N C"]:
         """Sum of the three planes' bilinear samples at the points' projections (border
@@ -320,10 +357,50 @@ class TriplaneSDF(nn.Module):
         """
         unit = self._unit(xyz_ego)
         feat = self.sample_planes(planes, xyz_ego)
-        out = self.decoder(torch.cat([feat, self._positional_encoding(unit.clamp(-1.0, 1.0))], dim=-1))
-        sdf = self.sdf_scale * out[..., 0] + self.bias(xyz_ego)
+        out = self.decoder(self._decoder_input(feat, unit.clamp(-1.0, 1.0)))
+        sdf = self.sdf_scale * self._sdf_output(out) + self.bias(xyz_ego)
         outside = (unit.abs() > 1.0).any(dim=-1)
         sdf = torch.where(outside, torch.full_like(sdf, self.outside_sdf), sdf)
         rgb = torch.sigmoid(out[..., 1:4]) if self.rgb else None
         logits = out[..., 1 + 3 * self.rgb :] if self.num_classes else None
         return sdf, rgb, logits
+
+    def decode_grid(
+        self, planes: TPVPlanes, shape: tuple[int, int, int]
+    ) -> tuple[Float[Tensor, "B X Y Z"], Float[Tensor, "B C X Y Z"]]:
+        """Decode the field once at the cell centres of a ``shape`` grid over the box.
+
+        Each plane is resampled to the grid (bilinear, ``align_corners=False``: the same
+        cell-centre convention as :meth:`sample_planes`, so at a centre this equals
+        :meth:`query`), the three planes are broadcast-summed (TPV) and the MLP decodes
+        every cell. SelfOcc decodes its TPV the same way and reads ray samples by trilinear
+        lookup (``render.grid``).
+
+        Args:
+            planes: from :meth:`build`, batch B.
+            shape: cells along (x, y, z).
+
+        Returns:
+            ``(sdf, features)``: SDF in metres (bias included) and the other channels,
+            colour in [0, 1] first (if ``rgb``) then semantic logits, ``C = 3 rgb + K``.
+        """
+        X, Y, Z = shape
+        xy = F.interpolate(planes.xy, size=(X, Y), mode="bilinear", align_corners=False)
+        xz = F.interpolate(planes.xz, size=(X, Z), mode="bilinear", align_corners=False)
+        yz = F.interpolate(planes.yz, size=(Y, Z), mode="bilinear", align_corners=False)
+        feat = xy[..., None] + xz[:, :, :, None, :] + yz[:, :, None, :, :]  # [B C X Y Z]
+        axes = [self._cell_centres(a, n) for a, n in enumerate(shape)]
+        xyz = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [X Y Z 3]
+        B = feat.shape[0]
+        unit = self._unit(xyz).expand(B, *xyz.shape)
+        inputs = self._decoder_input(feat.permute(0, 2, 3, 4, 1), unit)
+        out = self.decoder(inputs)  # [B X Y Z O]
+        sdf = self.sdf_scale * self._sdf_output(out) + self.bias(xyz)
+        parts = []
+        if self.rgb:
+            parts.append(torch.sigmoid(out[..., 1:4]))
+        if self.num_classes:
+            parts.append(out[..., 1 + 3 * self.rgb :])
+        rest = torch.cat(parts, dim=-1) if parts else out[..., :0]
+        return sdf, rest.permute(0, 4, 1, 2, 3)
+

@@ -19,6 +19,8 @@ class TrainSettings:
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay (decoupled).
         backbone_lr_mult: multiplier on ``lr`` for parameters under ``encoder.backbone``.
+        lr_mults: name prefix -> multiplier on ``lr`` for the parameters whose name starts
+            with it (first match), e.g. ``{"representation.decoder.": 0.1}``.
         warmup_steps: linear warm-up from ``warmup_start_ratio * lr`` to ``lr``.
         schedule: "cosine" (to ``min_lr_ratio * lr`` at ``steps``) or "constant".
         grad_clip: max global gradient norm (SelfOcc: 35); 0 disables clipping.
@@ -28,6 +30,8 @@ class TrainSettings:
         log_every, image_every, ckpt_every: intervals in steps (0 disables).
         keep_last: how many checkpoints to keep in the work dir.
         num_workers: DataLoader worker processes.
+        num_threads: torch intra-op threads per process; ``None`` = the process's cores / the
+            processes on the node (``accelerate launch`` would otherwise leave 1 on CPU).
         seed: seeds the model init, the data order and the ray jitter.
 
     Source: SelfOcc's optimiser (AdamW lr 1e-4, wd 0.01, backbone x0.1, clip 35, 1000
@@ -39,6 +43,7 @@ class TrainSettings:
     lr: float = 1e-4
     weight_decay: float = 0.01
     backbone_lr_mult: float = 0.1
+    lr_mults: dict[str, float] | None = None
     warmup_steps: int = 100
     warmup_start_ratio: float = 1.0 / 3.0
     schedule: str = "cosine"
@@ -51,6 +56,7 @@ class TrainSettings:
     ckpt_every: int = 500
     keep_last: int = 2
     num_workers: int = 0
+    num_threads: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -69,7 +75,9 @@ class EvalSettings:
     Attributes:
         depth_hw: (rows, cols) of the rendered depth image; LiDAR points are projected
             into it (SelfOcc evaluates at 450 x 800 for 900 x 1600 nuScenes images).
-        min_depth, max_depth: evaluation range in metres (SelfOcc: 1e-3 to 80).
+        min_depth, max_depth: LiDAR points with camera depth in (min_depth, max_depth)
+            metres count (SelfOcc keeps points beyond 1 m and clamps predictions to
+            [1e-3, 80]; see ``eval.depth`` for its full convention).
     """
 
     depth_hw: tuple[int, int] = (450, 800)

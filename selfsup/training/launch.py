@@ -7,6 +7,11 @@ launcher"). To keep the command working exactly as typed, the entry points call
 processes and none were started, the script replaces itself with
 ``torch.distributed.run --standalone --nproc_per_node N``; with ``ACCELERATE_USE_CPU`` set,
 accelerate then forms one DDP group over the gloo backend (``DistributedType.MULTI_CPU``).
+
+Threads: ``accelerate launch`` (and ``torch.distributed.run``) export ``OMP_NUM_THREADS=1``
+for CPU processes, so torch would use one core of many. :func:`configure_cpu_threads` sets
+``torch.set_num_threads`` to the cores this process may use divided by the processes on the
+node; the training loop calls it first and logs the number.
 """
 
 from __future__ import annotations
@@ -50,3 +55,28 @@ def relaunch_for_cpu_ddp() -> None:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *sys.argv]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
+
+
+def cpu_threads_per_process() -> int:
+    """Cores available to this process (its CPU affinity) divided by the processes of this
+    node (``LOCAL_WORLD_SIZE``, 1 when not distributed), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cores // max(1, local))
+
+
+def configure_cpu_threads(num_threads: int | None = None) -> int:
+    """Set torch's intra-op threads to ``num_threads`` (``None``: :func:`cpu_threads_per_process`)
+    and return the number set. Undoes the ``OMP_NUM_THREADS=1`` that launchers export.
+
+    Raises:
+        ValueError: for ``num_threads < 1``.
+    """
+    n = cpu_threads_per_process() if num_threads is None else int(num_threads)
+    if n < 1:
+        raise ValueError(f"configure_cpu_threads: num_threads must be >= 1, got {num_threads}")
+    torch.set_num_threads(n)
+    return n

@@ -4,6 +4,7 @@ steps, gradient clipping, optional EMA, exact resume, TensorBoard, a progress ba
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from selfsup.data.frames import collate_frames
 from selfsup.training.checkpoint import TrainState, read_meta, resolve_checkpoint, save_checkpoint
 from selfsup.training.config import config_to_json, config_to_text, save_config
 from selfsup.training.experiment import Experiment, TrainSettings
+from selfsup.training.launch import configure_cpu_threads, cpu_threads_per_process
 from selfsup.training.sampler import StepBatchSampler
 
 
@@ -38,16 +40,22 @@ def make_accelerator(settings: TrainSettings, work_dir: Path, log: bool = True) 
     )
 
 
-def param_groups(model: torch.nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: ``encoder.backbone.*`` at ``lr * backbone_lr_mult``, the rest at ``lr``."""
-    backbone, rest = [], []
+def param_groups(
+    model: torch.nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float,
+    lr_mults: dict[str, float] | None = None,
+) -> list[dict]:
+    """AdamW groups: ``encoder.backbone.*`` at ``lr * backbone_lr_mult``; parameters whose
+    name starts with a key of ``lr_mults`` (first match, in order) at ``lr * lr_mults[key]``;
+    the rest at ``lr``."""
+    lr_mults = dict(lr_mults or {})
+    buckets: dict[str, list] = {"model": [], "backbone": [], **{k: [] for k in lr_mults}}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (backbone if name.startswith("encoder.backbone.") else rest).append(p)
-    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "model"}]
-    if backbone:
-        groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "weight_decay": weight_decay, "name": "backbone"})
-    return groups
+        if not p.requires_grad:
+            continue
+        key = "backbone" if name.startswith("encoder.backbone.") else next((k for k in lr_mults if name.startswith(k)), "model")
+        buckets[key].append(p)
+    mults = {"model": 1.0, "backbone": backbone_lr_mult, **lr_mults}
+    return [{"params": ps, "lr": lr * mults[k], "weight_decay": weight_decay, "name": k} for k, ps in buckets.items() if ps]
 
 
 def lr_factor(step: int, settings: TrainSettings) -> float:
@@ -71,13 +79,18 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
     """
     work_dir = Path(work_dir)
     settings: TrainSettings = fdl.build(cfg.train)
+    threads = configure_cpu_threads(settings.num_threads)
     accelerator = make_accelerator(settings, work_dir)
+    accelerator.print(
+        f"torch threads per process: {threads} (OMP_NUM_THREADS was {os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"{cpu_threads_per_process()} cores per process)"
+    )
     set_seed(settings.seed)  # identical initial weights on every process
     exp: Experiment = fdl.build(cfg)
     model = exp.model
     if accelerator.is_main_process:
         save_config(cfg, work_dir)
-    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.backbone_lr_mult, settings.weight_decay))
+    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.backbone_lr_mult, settings.weight_decay, settings.lr_mults))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
@@ -141,6 +154,7 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
         "history": history,
         "work_dir": str(work_dir),
         "num_processes": accelerator.num_processes,
+        "num_threads": threads,
         "distributed_type": str(accelerator.distributed_type).split(".")[-1],
     }
 

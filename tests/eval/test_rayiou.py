@@ -162,7 +162,7 @@ def test_origin_outside_grid_matches_reference():
 
 @pytest.mark.requires_cuda
 def test_cuda_kernel_equals_torch():
-    from cuda import rayiou_dvr_march
+    from eval.kernels import rayiou_dvr_march
 
     rng = np.random.default_rng(3)
     grids = np.stack([_random_scene(rng, 0.01), _random_scene(rng, 0.03)])
@@ -272,7 +272,7 @@ def test_counts_equal_naive_per_threshold_loop():
 @pytest.mark.slow
 def test_compiled_cpu_kernel_equals_torch():
     pytest.importorskip("torch.utils.cpp_extension")
-    from cuda import rayiou_dvr_march_cpu
+    from eval.kernels import rayiou_dvr_march_cpu
 
     rng = np.random.default_rng(4)
     grids = np.stack([_random_scene(rng, 0.01), _random_scene(rng, 0.03)])

@@ -165,3 +165,27 @@ def test_ray_aabb_matches_nerfacc_cuda_kernel():
     assert torch.equal(hit, ref_hit[:, 0])
     torch.testing.assert_close(t_near[hit], ref_near[hit, 0])
     torch.testing.assert_close(t_far[hit], ref_far[hit, 0])
+
+
+def test_rays_in_box_and_intervals_render_a_density_slab():
+    """The shared ray sampler feeds the density renderer: a camera at the origin looking
+    along +x (OpenCV z = ego x) through a box x in [2, 10]; an opaque slab at x >= 6 inside
+    it renders at 6 m for the centre ray, and rays that miss the box render nothing."""
+    from render.rays import ray_intervals, rays_in_box
+    from render.volume import render_density
+
+    T_ego_cam = torch.tensor([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+    K = torch.tensor([[10.0, 0, 5], [0, 10, 5], [0, 0, 1]])
+    uv = torch.tensor([[5.0, 5.0], [5.0, -500.0]])  # centre ray; a ray far above the box
+    box_min, box_max = torch.tensor([2.0, -1, -1]), torch.tensor([10.0, 1, 1])
+    rays, t_near, t_far = rays_in_box(K, T_ego_cam, uv, box_min, box_max, near=0.5, far=60.0)
+    assert torch.allclose(t_near[0], torch.tensor(2.0)) and torch.allclose(t_far[0], torch.tensor(10.0))
+    assert t_far[1] <= t_near[1]  # misses the box: empty interval
+    starts, ends = ray_intervals(t_near, t_far, 64)
+    mid = rays.origins[:, None] + rays.directions[:, None] * (0.5 * (starts + ends))[..., None]
+    sigma = torch.where(mid[..., 0] >= 6.0, torch.full_like(starts, 1e4), torch.zeros_like(starts))
+    out = render_density(sigma, starts, ends, torch.ones(2, 64, 1), backend="torch")
+    assert abs(float(out.dist[0]) - 6.0) < 8.0 / 64 and float(out.opacity[0]) > 0.999
+    assert float(out.opacity[1]) == 0.0
+    with pytest.raises(ValueError, match="near"):
+        rays_in_box(K, T_ego_cam, uv, box_min, box_max, near=5.0, far=1.0)

@@ -64,13 +64,37 @@ def test_lr_schedule_warmup_and_cosine():
     assert lr_factor(110, s) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_backbone_gets_its_own_learning_rate():
-    exp = fdl.build(tiny_config())
-    groups = param_groups(exp.model, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.01)
+def test_backbone_and_prefixed_parameters_get_their_own_learning_rates():
+    exp = fdl.build(tiny_config("model.train_encoder=True"))
+    groups = param_groups(exp.model, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.01,
+                          lr_mults={"representation.decoder.": 0.5})
     by_name = {g["name"]: g for g in groups}
     assert by_name["backbone"]["lr"] == pytest.approx(1e-4)
+    assert by_name["representation.decoder."]["lr"] == pytest.approx(5e-4)
     n_backbone = sum(p.numel() for p in exp.model.encoder.backbone.parameters())
     assert sum(p.numel() for p in by_name["backbone"]["params"]) == n_backbone
+    n_decoder = sum(p.numel() for p in exp.model.representation.decoder.parameters())
+    assert sum(p.numel() for p in by_name["representation.decoder."]["params"]) == n_decoder
+    # The demo's frozen encoder has no trainable parameter, hence no backbone group.
+    frozen = param_groups(fdl.build(tiny_config()).model, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.01)
+    assert "backbone" not in {g["name"] for g in frozen}
+
+
+def test_threads_follow_the_cores_per_process(monkeypatch):
+    from selfsup.training.launch import configure_cpu_threads, cpu_threads_per_process
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch exports on CPU
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        cores = cpu_threads_per_process()
+        assert configure_cpu_threads() == cores and torch.get_num_threads() == cores
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more processes than cores
+        assert cpu_threads_per_process() == 1
+        with pytest.raises(ValueError, match="num_threads"):
+            configure_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -84,8 +84,8 @@ def test_gaussianflowocc_depth_protocol_on_the_bundled_scene():
     common = ["--py-config", str(repo / "config/gaussian_ddad_tiny.py"), *tiny, "--init"]
     per_sample = eval_depth.main([*common, "--protocol", "gaussianflowocc"])["model"]["overall"]["raw"]["all"]
     exact = eval_depth.main([*common, "--protocol", "gaussianflowocc_exact"])["model"]["overall"]["raw"]["all"]
-    assert per_sample["num_images"] == 1  # one sample: all cameras pooled into one update
-    assert exact["num_images"] == 6 and exact["num_points"] > 1000
+    assert per_sample["num_images"] == 2  # two samples (frames 0 and 2): all cameras of one pooled per update
+    assert exact["num_images"] == 12 and exact["num_points"] > 1000
     assert 0 < exact["abs_rel"] < 10 and 0 < per_sample["abs_rel"] < 10
     sdf = ["--py-config", str(repo / "config/sdf_ddad_tiny.py"), "--set", "train_data.dataset.image_hw=(48,88)",
            "model.encoder.out_channels=16", "model.representation.resolution=(24,24,4)",

@@ -6,6 +6,11 @@ delta < 1.25 / 1.25^2 / 1.25^3 in [1e-3, 80] m, raw and median-scaled, per camer
 
 Depth is rendered at the config's ``eval.depth_hw`` (or ``--depth-hw H W``) in ray chunks;
 each LiDAR point of the current frame is compared with the pixel it falls in.
+
+``--protocol gaussianflowocc`` / ``gaussianflowocc_exact``: GaussianFlowOcc's own depth
+evaluation (accumulated depth, LiDAR <= 40 m, bilinear sampling, raw only; averaged per
+sample, or pooled over all points with ``_exact``), see
+``selfsup.evaluation.evaluate_depth_gaussianflowocc``. Gaussian models only.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from selfsup.evaluation import evaluate_depth, format_depth_table, median_lidar_depth
+from selfsup.evaluation import (
+    DEPTH_PROTOCOLS,
+    evaluate_depth,
+    evaluate_depth_gaussianflowocc,
+    format_depth_table,
+    median_lidar_depth,
+)
 from selfsup.io import atomic_path, atomic_write_text
 from selfsup.training.build import add_model_args, build_for_eval
 from selfsup.visualize import colorize_depth
@@ -30,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--constant-baseline", action="store_true",
                    help="also score a constant depth (the median LiDAR depth of the evaluated images)")
+    p.add_argument("--protocol", default="selfocc", choices=DEPTH_PROTOCOLS,
+                   help="selfocc (default): per image, raw + median-scaled; gaussianflowocc[_exact]: its own")
     p.add_argument("--json-out", default=None)
     p.add_argument("--save-maps", default=None, help="folder for rendered depth PNGs of the first sample")
     return p.parse_args(argv)
@@ -42,6 +55,15 @@ def main(argv=None) -> dict:
     data = exp.eval_data
     indices = list(range(len(data)))[: args.max_samples]
     limits = dict(min_depth=exp.eval.min_depth, max_depth=exp.eval.max_depth)
+    if args.protocol != "selfocc":
+        res = evaluate_depth_gaussianflowocc(exp.model, data, hw, exact=args.protocol.endswith("exact"),
+                                             device=args.device, indices=indices)  # fmt: skip
+        print(format_depth_table(res, f"depth, {args.protocol} protocol, at {hw[0]}x{hw[1]}"))
+        out = {"protocol": args.protocol, "model": {"overall": res["overall"]}, "depth_hw": list(hw),
+               "num_samples": len(indices)}  # fmt: skip
+        if args.json_out:
+            atomic_write_text(args.json_out, json.dumps(out, indent=1))
+        return out
     res = evaluate_depth(exp.model, data, hw, device=args.device, indices=indices, keep_maps=bool(args.save_maps), **limits)
     print(format_depth_table(res, f"depth ({'initial' if args.init else args.resume_from}) at {hw[0]}x{hw[1]}"))
     out = {"model": {"overall": res["overall"], "per_camera": res["per_camera"]}, "depth_hw": list(hw),

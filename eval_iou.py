@@ -221,10 +221,11 @@ def iterate_prediction_dir(
 
 
 def evaluate(
-    samples: Iterable[EvalSample], device: str = "cpu", backend: str = "torch"
+    samples: Iterable[EvalSample], device: str = "cpu", backend: str = "torch", miou_protocol: str = "challenge"
 ) -> tuple[Occ3DMetric, RayIoUMetric]:
-    """The per-sample loop: mIoU and RayIoU counts of the given samples."""
-    miou, rayiou = Occ3DMetric(), RayIoUMetric(device=device, backend=backend)
+    """The per-sample loop: mIoU and RayIoU counts of the given samples (``miou_protocol``:
+    see ``eval.occ3d.Occ3DMetric``; RayIoU is always SparseOcc's)."""
+    miou, rayiou = Occ3DMetric(miou_protocol), RayIoUMetric(device=device, backend=backend)
     for s in samples:
         miou.update(s.pred, s.gt, s.mask)
         # RayIoU never uses the camera mask (SparseOcc protocol).
@@ -246,7 +247,7 @@ def all_reduce_states(miou: Occ3DMetric, rayiou: RayIoUMetric) -> tuple[Occ3DMet
     summed = tensor.cpu().numpy().astype(np.int64)
     split = miou.state_vector().size
     return (
-        Occ3DMetric.from_state_vector(summed[:split]),
+        Occ3DMetric.from_state_vector(summed[:split], miou.protocol),
         RayIoUMetric.from_state_vector(summed[split:], device=rayiou.device, backend=rayiou.backend),
     )
 
@@ -311,6 +312,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--version", default="v1.0-trainval", help="nuScenes table version")
     parser.add_argument("--gt-dir", type=Path, help="GT root; default DATA_ROOT/gts")
     parser.add_argument("--use-mask", action="store_true", help="mIoU over mask_camera voxels")
+    parser.add_argument("--miou-protocol", default="challenge", choices=("challenge", "gaussianflowocc"),
+                        help="challenge: Occ3D CVPR 2023, 17 classes; gaussianflowocc: its own convention "
+                             "(GT 0 and 12 masked out, 15-class mIoU; use with --use-mask as it does)")
     parser.add_argument("--json-out", type=Path, help="write the results here (atomically)")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "cuda"),
                         help="RayIoU marcher; auto = compiled C++ twin on CPU, PyTorch on CUDA")
@@ -430,9 +434,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         # nuScenes tables only where a GT sample has no lidar_origins.npy beside it
         origins = NuScenesOrigins(args.data_root, args.version) if args.data_root is not None else None
         samples = iterate_prediction_dir(mine, args.pred_dir, gt_dir, origins, args.use_mask)
-    miou, rayiou = evaluate(samples, device=args.device, backend=backend)
+    miou, rayiou = evaluate(samples, device=args.device, backend=backend, miou_protocol=args.miou_protocol)
     miou, rayiou = all_reduce_states(miou, rayiou)
     result = summarize(miou, rayiou)
+    result["miou_protocol"] = args.miou_protocol
     if result["num_samples"] != expected:
         raise RuntimeError(f"evaluated {result['num_samples']} samples, expected {expected}")
     result["num_processes"] = state.num_processes

@@ -12,7 +12,10 @@
 # tiny random Mask2Former, `python -m selfsup.pseudo.random_checkpoints mask2former CKPT`, and
 # mean nothing: the run shows the labels reaching the loss, not a trained segmenter.)
 # Pseudo depth here is the LiDAR accumulated over the previous / current / next frames
-# (ego-motion compensated): denser than one sweep, wrong on moving objects.
+# (ego-motion compensated): denser than one sweep, wrong on moving objects. Note that the
+# base config holds frame 1 out for novel-view scoring; pseudo depth of frames 0 and 2
+# accumulated with --accumulate 1 contains frame 1's LiDAR, so novel-view numbers of this
+# variant are not held-out ones (generate with --accumulate 0 for that).
 #   accelerate launch train.py --py-config config/gaussian_ddad_tiny_pseudo.py --work-dir WORK
 import copy
 

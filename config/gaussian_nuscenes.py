@@ -31,15 +31,16 @@
 #   pseudo depth and semantics beyond max_depth = 40 m are dropped.
 #
 # What differs here, deliberately or because our pieces differ:
-# - Neighbours: a fixed (-6, -4, -2, 2, 4, 6) (same span and count, every offset seen
-#   equally often in expectation) instead of 6 drawn at random from -6..6 per sample.
+# - Temporal attention context: built from the past frames among the 6 drawn neighbours
+#   (about 3 on average, most recent 5 at most) instead of 5 dedicated previous keyframes
+#   (multi_adj_frame_id_cfg (1, 6, 1)) loaded only for that purpose.
 # - No image augmentation (published: resize -0.06..0.11, rotation +-5.4 degrees).
 # - Schedule: cosine from the end of warm-up (published: constant until epoch 9, then
 #   cosine); EMA at a fixed 0.999 (published: the MEGVII ramp 0.999 (1 - exp(-n / 2000))).
 # - Steps: 18 epochs x ceil(28,130 train keyframes / (4 GPUs x 4)) = 18 x 1,759 = 31,662.
-# - Decoder: no temporal self-attention to the previous frames' Gaussians; single-head
-#   deformable cross-attention (see selfsup/representations/gaussians.py); 17 semantic
-#   channels (Occ3D 0-16, 'others' never labelled by the pseudo labels).
+# - Decoder: 17 semantic channels (Occ3D 0-16, 'others' never labelled by the pseudo
+#   labels); the cross-attention samples every Gaussian in every camera (masked) instead of
+#   re-batching the visible ones (same result, more memory).
 # - Scales in (0.01, 1.0) m: our range needs a positive minimum.
 # - Flow: time input is the offset in seconds (embedded), not one of 13 frame indices.
 # - Backbone starts from random weights unless encoder.pretrained_path points at a
@@ -47,6 +48,7 @@
 import fiddle as fdl
 
 from config.common import NUSCENES_ROOT, occ3d_grid, timm_fpn
+from selfsup.data.neighbours import RandomNeighbours
 from selfsup.data.nuscenes import NuScenesFrames
 from selfsup.models.gaussian_occ import GaussianOcc
 from selfsup.representations.gaussians import GaussianDecoder, GaussianFlow
@@ -58,7 +60,7 @@ IMAGE_HW = (256, 704)  # 900 x 1600 scaled by 704 / 1600 = 0.44 -> 396 x 704, to
 
 train_data = fdl.Config(
     NuScenesFrames, data_root=NUSCENES_ROOT, version="v1.0-trainval", split="train",
-    neighbours=(-6, -4, -2, 2, 4, 6), image_hw=IMAGE_HW, load_lidar=False,
+    neighbours=fdl.Config(RandomNeighbours, window=(-6, 6), num=6, seed=0), image_hw=IMAGE_HW, load_lidar=False,
     pseudo_depth_dir=PSEUDO_DEPTH_DIR, pseudo_semantic_dir=PSEUDO_SEMANTIC_DIR,
 )
 val_data = fdl.Config(
@@ -71,7 +73,8 @@ model = fdl.Config(
     encoder=timm_fpn("resnet50", channels=256),
     decoder=fdl.Config(
         GaussianDecoder, num_gaussians=10_000, embed_dims=256, feat_channels=256, num_levels=3, num_blocks=3,
-        num_points=8, num_heads=8, self_attention="induced", num_inducing=500, scale_range=(0.01, 1.0),
+        num_points=8, num_heads=8, self_attention="induced", temporal_attention="induced", num_inducing=500,
+        num_cams=6, mean_param="residual", ffn=False, dropout=0.1, scale_range=(0.01, 1.0),
         grid=occ3d_grid(),
     ),
     flow=fdl.Config(GaussianFlow, embed_dims=256, hidden_dims=768, num_layers=5),

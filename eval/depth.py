@@ -145,9 +145,75 @@ class DepthMetricAccumulator:
         return result
 
 
+class PointDepthAccumulator:
+    """Depth metrics pooled over ALL points of the split (each point weighs 1), raw only.
+
+    GaussianFlowOcc ``tools/eval_depth.py --exact`` (``mmdet3d/apis/test_depth.py``
+    ``eval_depth`` at commit 0ad693e): the prediction is clamped to [1e-3, 80] m, sums of
+    |d| / g, d^2 / g, d^2, (log g - log p)^2 and the delta counts run over every point,
+    then AbsRel = sum / N, RMSE = sqrt(sum d^2 / N), and so on. (Its default, without
+    ``--exact``, pools the points of one sample, all cameras together, and averages over
+    samples: that is :class:`DepthMetricAccumulator` with ``eval_types=("raw",)`` fed one
+    concatenated sample per ``update``.) Same ``compute`` layout as
+    :class:`DepthMetricAccumulator` (``num_images`` counts ``update`` calls, ``num_points``
+    the points).
+    """
+
+    _KEYS = ("abs_rel", "sq_rel", "se", "se_log", "a1", "a2", "a3", "n")
+
+    def __init__(self) -> None:
+        self.sums: dict[int, np.ndarray] = {}
+        self.counts: dict[int, int] = {}
+
+    def update(self, pred: DepthLike, gt: DepthLike, bin_key: int = 0) -> None:
+        """Add the points of one image (or sample).
+
+        Raises:
+            ValueError: shapes differ or a GT depth <= 0.
+        """
+        p, g = _as_tensor(pred).double(), _as_tensor(gt).double()
+        if p.shape != g.shape:
+            raise ValueError(f"pred shape {tuple(p.shape)} != gt shape {tuple(g.shape)}")
+        if bool((g <= 0).any()):
+            raise ValueError("gt depths must be > 0 (mask invalid points first)")
+        p = torch.clamp(p, MIN_DEPTH, MAX_DEPTH)
+        ratio = torch.maximum(g / p, p / g)
+        d = g - p
+        row = torch.stack([
+            (d.abs() / g).sum(), (d**2 / g).sum(), (d**2).sum(), ((g.log() - p.log()) ** 2).sum(),
+            (ratio < 1.25).sum(), (ratio < 1.25**2).sum(), (ratio < 1.25**3).sum(), torch.tensor(float(g.numel())),
+        ]).double().numpy()  # fmt: skip
+        self.sums[bin_key] = self.sums.get(bin_key, np.zeros_like(row)) + row
+        self.counts[bin_key] = self.counts.get(bin_key, 0) + 1
+
+    def merge(self, other: "PointDepthAccumulator") -> None:
+        """Add another accumulator's sums."""
+        for k, row in other.sums.items():
+            self.sums[k] = self.sums.get(k, np.zeros_like(row)) + row
+            self.counts[k] = self.counts.get(k, 0) + other.counts[k]
+
+    @staticmethod
+    def _metrics(row: np.ndarray, images: int) -> dict:
+        a, sq, se, sl, a1, a2, a3, n = row.tolist()
+        n = max(n, 1.0)
+        return dict(abs_rel=a / n, sq_rel=sq / n, rmse=(se / n) ** 0.5, rmse_log=(sl / n) ** 0.5,
+                    a1=a1 / n, a2=a2 / n, a3=a3 / n, scale=1.0, num_images=images, num_points=int(row[-1]))  # fmt: skip
+
+    def compute(self) -> dict:
+        """{"raw": {"all": metrics, "bins": {bin: metrics}}} (empty dict if nothing was added)."""
+        if not self.sums:
+            return {}
+        total = sum(self.sums.values())
+        return {"raw": {
+            "all": self._metrics(total, sum(self.counts.values())),
+            "bins": {k: self._metrics(self.sums[k], self.counts[k]) for k in sorted(self.sums)},
+        }}  # fmt: skip
+
+
 __all__ = [
     "DEPTH_METRIC_NAMES",
     "DepthMetricAccumulator",
+    "PointDepthAccumulator",
     "MAX_DEPTH",
     "MIN_DEPTH",
     "depth_metrics",

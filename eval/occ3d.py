@@ -18,6 +18,12 @@ Additions built from the same matrix (not printed by the reference script):
 - mIoU_D: nanmean of IoU over the dynamic classes (2, 3, 4, 5, 6, 7, 9, 10), x100.
 
 The reference prints values rounded to 2 decimals; `compute` returns them unrounded.
+
+GaussianFlowOcc's own convention, `Occ3DMetric(protocol="gaussianflowocc")` (its
+`nuscenes_dataset_occ.py` + `occ_metrics.py` at commit 0ad693e, `with_others=False`):
+the camera mask additionally drops every voxel whose GT is 0 (others) or 12 (other_flat),
+for mIoU and geometric IoU alike, and mIoU is the nanmean over the 15 classes 1-11 and
+13-16. Numbers under the two protocols are not comparable.
 """
 
 from __future__ import annotations
@@ -52,6 +58,11 @@ OCC3D_CLASS_NAMES: tuple[str, ...] = (
 NUM_CLASSES = 18
 FREE_LABEL = 17
 DYNAMIC_CLASSES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 9, 10)
+PROTOCOLS: tuple[str, ...] = ("challenge", "gaussianflowocc")
+# GaussianFlowOcc (with_others=False): GT voxels of these classes leave the mask ...
+GAUSSIANFLOWOCC_DROPPED_GT: tuple[int, ...] = (0, 12)
+# ... and its mIoU averages these 15 classes (`Metric_mIoU.eval_classes`).
+GAUSSIANFLOWOCC_CLASSES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16)
 # The Occ3D-nuScenes grid: [-40, -40, -1, 40, 40, 5.4] m at 0.4 m, 200 x 200 x 16, ego frame,
 # indexed [x, y, z] (Tian et al. 2023). The project's one definition (selfsup.constants re-exports).
 OCC3D_LOWER: tuple[float, float, float] = (-40.0, -40.0, -1.0)
@@ -94,7 +105,17 @@ class Occ3DMetric:
     100.0
     """
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: str = "challenge") -> None:
+        """Args:
+            protocol: "challenge" (CVPR 2023 Occ3D, 17 classes) or "gaussianflowocc" (GT 0
+                and 12 masked out, 15-class mIoU; see the module docstring).
+
+        Raises:
+            ValueError: unknown protocol.
+        """
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"Occ3DMetric: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        self.protocol = protocol
         self.confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
         self.num_samples = 0
 
@@ -125,6 +146,8 @@ class Occ3DMetric:
             keep = mask_np.reshape(-1) != 0
             pred_flat, gt_flat = pred_flat[keep], gt_flat[keep]
         keep = (gt_flat >= 0) & (gt_flat < NUM_CLASSES)
+        if self.protocol == "gaussianflowocc":
+            keep &= ~np.isin(gt_flat, GAUSSIANFLOWOCC_DROPPED_GT)
         pred_flat, gt_flat = pred_flat[keep], gt_flat[keep]
         if pred_flat.size and (pred_flat.min() < 0 or pred_flat.max() >= NUM_CLASSES):
             raise ValueError(
@@ -136,7 +159,13 @@ class Occ3DMetric:
         self.num_samples += 1
 
     def merge(self, other: "Occ3DMetric") -> None:
-        """Add another accumulator's state (e.g. gathered from another process)."""
+        """Add another accumulator's state (e.g. gathered from another process).
+
+        Raises:
+            ValueError: the other accumulator uses another protocol.
+        """
+        if other.protocol != self.protocol:
+            raise ValueError(f"Occ3DMetric.merge: protocols differ ({self.protocol!r} vs {other.protocol!r})")
         self.confusion += other.confusion
         self.num_samples += other.num_samples
 
@@ -145,7 +174,7 @@ class Occ3DMetric:
         return np.concatenate([self.confusion.reshape(-1), [self.num_samples]]).astype(np.int64)
 
     @classmethod
-    def from_state_vector(cls, state: Int64[np.ndarray, "S"]) -> "Occ3DMetric":
+    def from_state_vector(cls, state: Int64[np.ndarray, "S"], protocol: str = "challenge") -> "Occ3DMetric":
         """Rebuild an accumulator from a (summed) `state_vector`.
 
         Raises:
@@ -153,7 +182,7 @@ class Occ3DMetric:
         """
         if state.shape != (NUM_CLASSES**2 + 1,):
             raise ValueError(f"Occ3D state must have {NUM_CLASSES**2 + 1} entries, got {state.shape}")
-        metric = cls()
+        metric = cls(protocol)
         metric.confusion = state[:-1].reshape(NUM_CLASSES, NUM_CLASSES).copy()
         metric.num_samples = int(state[-1])
         return metric
@@ -175,7 +204,8 @@ class Occ3DMetric:
         with warnings.catch_warnings():
             # nanmean of an all-NaN slice warns and returns NaN, which is the right answer.
             warnings.simplefilter("ignore", RuntimeWarning)
-            miou = float(np.nanmean(iou[:FREE_LABEL]) * 100)
+            classes = list(GAUSSIANFLOWOCC_CLASSES) if self.protocol == "gaussianflowocc" else list(range(FREE_LABEL))
+            miou = float(np.nanmean(iou[classes]) * 100)
             miou_d = float(np.nanmean(iou[list(DYNAMIC_CLASSES)]) * 100)
         return {
             "mIoU": miou,
@@ -199,11 +229,14 @@ def occ3d_miou(pred: ArrayLike, gt: ArrayLike, mask: Optional[ArrayLike] = None)
 __all__ = [
     "DYNAMIC_CLASSES",
     "FREE_LABEL",
+    "GAUSSIANFLOWOCC_CLASSES",
+    "GAUSSIANFLOWOCC_DROPPED_GT",
     "OCC3D_GRID_SHAPE",
     "OCC3D_LOWER",
     "OCC3D_UPPER",
     "OCC3D_VOXEL_SIZE",
     "NUM_CLASSES",
+    "PROTOCOLS",
     "OCC3D_CLASS_NAMES",
     "Occ3DMetric",
     "iou_from_confusion",

@@ -27,6 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from render import _gaussians_torch as _gt
+from render.precision import full_precision
 
 # ``depth = accumulated_depth / max(alpha, DEPTH_ALPHA_EPS)``: gsplat's "ED" normalisation.
 DEPTH_ALPHA_EPS = 1e-10
@@ -58,6 +59,7 @@ class GaussianRenderOutput:
     gaussians_per_tile: Int[Tensor, "C TY TX"]
 
 
+@full_precision
 def rasterize_gaussians(
     means: Float[Tensor, "N 3"],
     quats: Float[Tensor, "N 4"],
@@ -108,12 +110,16 @@ def rasterize_gaussians(
         checkpoint: torch only: recompute each round in backward instead of storing its
             [tiles, tile_size^2, chunk_size] intermediates (less memory, ~1.3x time).
 
+    Precision: runs with autocast disabled; float16 / bfloat16 inputs (e.g. decoder heads
+    under ``accelerate``'s bf16 autocast) are cast to float32 first, float64 stays float64
+    (``render.precision.full_precision``), so outputs are float32 or float64.
+
     Returns:
         GaussianRenderOutput (features, expected and accumulated depth, alpha, radii,
         Gaussians per tile).
 
     Raises:
-        ValueError: shapes, dtypes or devices that disagree, non-positive image or tile
+        ValueError: shapes, dtypes (after that cast) or devices that disagree, non-positive image or tile
             size, near_plane >= far_plane, unknown backend or mode, backend "gsplat" with
             CPU or non-float32 tensors.
         ImportError: backend "gsplat" when gsplat cannot be imported.

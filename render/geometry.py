@@ -8,9 +8,12 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from render.precision import full_precision
+
 __all__ = ["project_points", "quat_to_rotmat"]
 
 
+@full_precision
 def project_points(
     points: Float[Tensor, "*b P 3"],
     K: Float[Tensor, "*b 3 3"],

@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from render.precision import full_precision
+
 __all__ = ["Rays", "pixel_rays", "jittered_pixel_grid", "strided_pixel_grid", "ray_aabb", "ray_intervals", "rays_in_box"]
 
 
@@ -36,6 +38,7 @@ class Rays:
     depth_per_dist: Float[Tensor, "*b R"]
 
 
+@full_precision
 def pixel_rays(
     K: Float[Tensor, "*b 3 3"],
     T_world_cam: Float[Tensor, "*b 4 4"],
@@ -79,6 +82,7 @@ def pixel_rays(
     return Rays(origins=origins, directions=directions, depth_per_dist=dirs_cam[..., 2])
 
 
+@full_precision
 def jittered_pixel_grid(
     height: int,
     width: int,
@@ -189,6 +193,7 @@ def strided_pixel_grid(
     return torch.stack([u, v], dim=-1).reshape(rows * cols, 2)
 
 
+@full_precision
 def ray_aabb(
     origins: Float[Tensor, "*b 3"],
     directions: Float[Tensor, "*b 3"],

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from render.precision import ambient_autocast, full_precision, to_full
+
 __all__ = [
     "BACKENDS",
     "FieldSamples",
@@ -80,6 +82,7 @@ def _exclusive_cumsum(x: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(x[..., :1]), y[..., :-1]], dim=-1)
 
 
+@full_precision
 def weights_from_alpha(
     alphas: Float[Tensor, "R S"], backend: str = "auto"
 ) -> tuple[Float[Tensor, "R S"], Float[Tensor, "R S"]]:
@@ -109,6 +112,7 @@ def weights_from_alpha(
     return trans * alphas, trans
 
 
+@full_precision
 def weights_from_density(
     sigmas: Float[Tensor, "R S"],
     t_starts: Float[Tensor, "R S"],
@@ -142,6 +146,7 @@ def weights_from_density(
     return trans * alphas, trans, alphas
 
 
+@full_precision
 def neus_alpha(
     sdf: Float[Tensor, "R S"],
     cos: Float[Tensor, "R S"],
@@ -336,6 +341,7 @@ class NeuSRenderer(nn.Module):
             f"chunk={self.chunk}, cos_anneal_ratio={self.cos_anneal_ratio}"
         )
 
+    @full_precision
     def forward(
         self,
         field: Callable[[Float[Tensor, "P 3"]], FieldSamples],
@@ -363,6 +369,10 @@ class NeuSRenderer(nn.Module):
 
         Returns:
             ``VolumeRenderOutput``.
+
+        Precision: runs with autocast off and half-precision inputs cast to float32
+        (``render.precision``); the field is queried in the caller's autocast state and its
+        outputs are cast to float32 before NeuS alpha and compositing.
 
         Raises:
             ValueError: if the field returns something other than ``FieldSamples`` of the
@@ -411,7 +421,10 @@ class NeuSRenderer(nn.Module):
         with torch.enable_grad():
             if compute_gradients and not points.requires_grad:
                 points = points.detach().requires_grad_(True)
-            samples = field(points)
+            # The field (the costly part) runs in the caller's autocast state; what it
+            # returns is cast to float32 before NeuS alpha and compositing.
+            with ambient_autocast():
+                samples = field(points)
             if not isinstance(samples, FieldSamples):
                 raise ValueError(f"NeuSRenderer: field must return FieldSamples, got {type(samples).__name__}")
             P = points.shape[0]
@@ -432,7 +445,8 @@ class NeuSRenderer(nn.Module):
                 # A field that does not depend on position has a zero gradient.
                 if grads is None:
                     grads = torch.zeros_like(points)
-        sdf, features = samples.sdf, samples.features
+        sdf, features = to_full(samples.sdf), to_full(samples.features)
+        grads = to_full(grads)
         if not keep_graph:
             sdf, features = sdf.detach(), features.detach()
             grads = grads.detach() if grads is not None else None
@@ -514,6 +528,7 @@ class DensityRenderOutput:
     opacity: Float[Tensor, "R"]
 
 
+@full_precision
 def render_density(
     sigmas: Float[Tensor, "R S"],
     t_starts: Float[Tensor, "R S"],

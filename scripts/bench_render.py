@@ -66,9 +66,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, device: str, repeats: int) -> tuple[float, float]:
+def _time(fn, device: str, repeats: int, warm_up: bool = True) -> tuple[float, float]:
     """(wall seconds, process CPU seconds summed over threads) per call, after a warm-up."""
-    fn()  # warm-up (CUDA kernels, allocator)
+    if warm_up:
+        fn()  # warm-up (CUDA kernels, allocator)
     _sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
@@ -121,16 +122,81 @@ def bench_one(n: int, backend: str, device: str, repeats: int) -> dict:
     return result
 
 
-def run(device: str = "cpu", sizes: tuple[int, ...] = (2000, 10000), repeats: int = 3) -> dict:
-    """Benchmark the torch backend on ``device`` and, on CUDA, gsplat too.
+# GaussianFlowOcc's training render: 10,000 Gaussians, 6 cameras at 256 x 704, the current
+# frame and 6 neighbours (7 times), one rasterization per time with that time's means.
+PUBLISHED = dict(gaussians=10_000, cameras=6, times=7, height=256, width=704, channels=16)
 
-    Returns {"results": [one dict per (backend, size)], "threads": torch threads}.
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_published(backend: str, device: str, repeats: int = 1) -> dict:
+    """One training step's rendering at GaussianFlowOcc's scale (``PUBLISHED``): per time a
+    6-camera rasterization of the Gaussians moved by a per-time offset (as its flow does),
+    16 semantic channels + depth; ms for forward (no autograd) and forward + backward of
+    all 7 times, and peak memory (CUDA: peak allocated; CPU: the growth of the process's
+    peak resident set during this benchmark, a coarse bound)."""
+    p = PUBLISHED
+    global WIDTH, HEIGHT, CHANNELS
+    saved = (WIDTH, HEIGHT, CHANNELS)
+    WIDTH, HEIGHT, CHANNELS = p["width"], p["height"], p["channels"]
+    try:
+        scene = make_scene(p["gaussians"], device)
+    finally:
+        WIDTH, HEIGHT, CHANNELS = saved
+    g = torch.Generator().manual_seed(1)
+    offsets = [torch.zeros(1, 3)] + [0.3 * torch.randn(1, 3, generator=g) for _ in range(p["times"] - 1)]
+    offsets = [o.to(device) for o in offsets]
+    leaves = [t.clone().requires_grad_() for t in scene[:5]]
+    cams = scene[5:]
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = _peak_rss_mb()
+
+    def render_all(tensors, grad: bool):
+        total = 0.0
+        for off in offsets:
+            out = rasterize_gaussians(tensors[0] + off, *tensors[1:5], *cams, p["width"], p["height"], backend=backend)
+            total = total + out.features.square().mean() + out.accumulated_depth.mean()
+        if grad:
+            total.backward()
+        return total
+
+    def forward():
+        with torch.no_grad():
+            render_all(scene, False)
+
+    # On CUDA warm up first (kernels, allocator); on a CPU a step takes minutes and needs none.
+    warm = device.startswith("cuda")
+    fwd, fwd_cpu = _time(forward, device, repeats, warm_up=warm)
+    fwd_bwd, fwd_bwd_cpu = _time(lambda: render_all(leaves, True), device, repeats, warm_up=warm)
+    result = dict(backend=backend, device=device, **p, forward_ms=1e3 * fwd, forward_backward_ms=1e3 * fwd_bwd,
+                  forward_cpu_ms=1e3 * fwd_cpu, forward_backward_cpu_ms=1e3 * fwd_bwd_cpu)  # fmt: skip
+    if device.startswith("cuda"):
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["peak_rss_growth_mb"] = _peak_rss_mb() - rss0
+        result["process_peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+def run(
+    device: str = "cpu", sizes: tuple[int, ...] = (2000, 10000), repeats: int = 3, published: bool = True
+) -> dict:
+    """Benchmark the torch backend on ``device`` and, on CUDA, gsplat too; with
+    ``published`` also one training step's rendering at GaussianFlowOcc's scale
+    (``bench_published``; minutes on a CPU, timed once after a warm-up).
+
+    Returns {"results": [one dict per (backend, size)], "published": [one per backend],
+    "threads": torch threads}.
     """
     backends = ["torch"] + (["gsplat"] if device.startswith("cuda") else [])
     results = [bench_one(n, b, device, repeats) for b in backends for n in sizes]
+    extra = {"published": [bench_published(b, device) for b in backends]} if published else {}
     # CPU numbers on a shared machine: compare *_cpu_ms (CPU time) when the load is high.
     return dict(
-        results=results, threads=torch.get_num_threads(), torch=torch.__version__,
+        results=results, **extra, threads=torch.get_num_threads(), torch=torch.__version__,
         load_average_1min=os.getloadavg()[0],
     )
 
@@ -140,7 +206,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--published-only", action="store_true", help="only the GaussianFlowOcc-scale step")
     args = parser.parse_args()
+    if args.published_only:
+        backends = ["torch"] + (["gsplat"] if args.device.startswith("cuda") else [])
+        print(json.dumps({"published": [bench_published(b, args.device) for b in backends],
+                          "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0]}, indent=2))
+        return
     print(json.dumps(run(args.device, tuple(args.sizes), args.repeats), indent=2))
 
 

@@ -10,7 +10,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from eval.depth import DepthMetricAccumulator, distance_bin
+import contextlib
+
+import torch.nn.functional as F
+
+from eval.depth import DepthMetricAccumulator, PointDepthAccumulator, distance_bin
 from selfsup.camera import project_points, scale_intrinsics
 from selfsup.data.frames import Frames, collate_frames
 from selfsup.model_api import OccupancyModel
@@ -23,6 +27,7 @@ class LidarDepth:
     rows: Int[Tensor, "M"]
     cols: Int[Tensor, "M"]
     depth: Float[Tensor, "M"]
+    uv: Float[Tensor, "M 2"] | None = None  # continuous pixel coordinates (centres at +0.5)
 
 
 def project_lidar(
@@ -38,7 +43,7 @@ def project_lidar(
     uv, z, in_front = project_points(points_ego, K, T_ego_cam, min_depth)
     col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
     keep = in_front & (z < max_depth) & (col >= 0) & (col < hw[1]) & (row >= 0) & (row < hw[0])
-    return LidarDepth(rows=row[keep], cols=col[keep], depth=z[keep])
+    return LidarDepth(rows=row[keep], cols=col[keep], depth=z[keep], uv=uv[keep])
 
 
 def frame_lidar_targets(
@@ -52,6 +57,80 @@ def frame_lidar_targets(
         for v in range(K.shape[1])
     ]
     return K, targets
+
+
+DEPTH_PROTOCOLS: tuple[str, ...] = ("selfocc", "gaussianflowocc", "gaussianflowocc_exact")
+GAUSSIANFLOWOCC_MAX_GT_DEPTH = 40.0  # its LiDAR targets keep depth <= 40 m
+
+
+@contextlib.contextmanager
+def _accumulated_depth(model: OccupancyModel):
+    """Make ``model.render_depth`` return accumulated depth sum_i w_i z_i (GaussianFlowOcc
+    evaluates the raw 'D' channel of gsplat's RGB+D) for the duration."""
+    if not hasattr(model, "eval_depth"):
+        raise ValueError(
+            f"depth protocol 'gaussianflowocc*' needs accumulated depth; {type(model).__name__} has no "
+            "'eval_depth' option (only GaussianOcc renders it)"
+        )
+    old = model.eval_depth
+    model.eval_depth = "accumulated"
+    try:
+        yield
+    finally:
+        model.eval_depth = old
+
+
+def _bilinear(depth: Float[Tensor, "H W"], uv: Float[Tensor, "M 2"], align_corners: bool) -> Float[Tensor, "M"]:
+    """Bilinear samples of a depth image at continuous pixel coordinates, normalised as
+    GaussianFlowOcc does (``uv / (W, H) * 2 - 1``) for either ``align_corners``."""
+    h, w = depth.shape
+    grid = uv / torch.tensor([w, h], dtype=uv.dtype, device=uv.device) * 2 - 1
+    out = F.grid_sample(depth[None, None].to(uv.dtype), grid[None, None], mode="bilinear", align_corners=align_corners)
+    return out[0, 0, 0]
+
+
+@torch.no_grad()
+def evaluate_depth_gaussianflowocc(
+    model: OccupancyModel,
+    dataset,
+    depth_hw: tuple[int, int],
+    exact: bool = False,
+    device: torch.device | str = "cpu",
+    indices: list[int] | None = None,
+) -> dict:
+    """Depth of the current frame under GaussianFlowOcc's own protocol (``tools/eval_depth.py``,
+    ``mmdet3d/apis/test_depth.py`` at commit 0ad693e): accumulated depth rendered at
+    ``depth_hw`` (it uses 256 x 704), LiDAR points with depth in (1e-3, 40] m, the
+    prediction sampled bilinearly at each point's continuous pixel position, clamped to
+    [1e-3, 80] m, raw only (no median scaling). ``exact=False`` (its default): points of
+    all cameras of a sample pooled, metrics averaged over samples, ``align_corners=True``;
+    ``exact=True`` (``--exact``): pooled over every point of the split,
+    ``align_corners=False``.
+
+    Returns:
+        {"overall": {"raw": {"all": metrics, "bins": ...}}, "per_camera": {}, "maps": []}.
+
+    Raises:
+        ValueError: the model cannot render accumulated depth.
+    """
+    model.eval()
+    indices = list(range(len(dataset))) if indices is None else indices
+    acc = PointDepthAccumulator() if exact else DepthMetricAccumulator(eval_types=("raw",))
+    with _accumulated_depth(model):
+        for i in indices:
+            batch: Frames = collate_frames([dataset[i]]).to(device)
+            K, targets = frame_lidar_targets(batch, 0, depth_hw, 1e-3, GAUSSIANFLOWOCC_MAX_GT_DEPTH + 1e-6)
+            depth = model.render_depth(batch, K, batch.T_ego_cam[:, 0], *depth_hw)[0]
+            preds = [_bilinear(depth[v], t.uv, align_corners=not exact) for v, t in enumerate(targets) if t.depth.numel()]
+            gts = [t.depth for t in targets if t.depth.numel()]
+            if not gts:
+                continue
+            if exact:
+                for p, g in zip(preds, gts):
+                    acc.update(p.double().cpu(), g.double().cpu())
+            else:
+                acc.update(torch.cat(preds).double().cpu(), torch.cat(gts).double().cpu())
+    return {"overall": acc.compute(), "per_camera": {}, "maps": []}
 
 
 @torch.no_grad()
@@ -113,10 +192,14 @@ def evaluate_novel_depth(
     max_depth: float = 80.0,
     device: torch.device | str = "cpu",
     indices: list[int] | None = None,
+    keep_maps: list | None = None,
 ) -> dict:
     """Novel depth synthesis (SelfOcc protocol): from the current frame's representation,
     render depth at the camera poses of each neighbouring frame and score it against that
     frame's LiDAR, binned by ceil(distance between the frames' ego origins, metres).
+
+    ``keep_maps``: a list that receives every rendered target depth image (numpy [h, w],
+    in the order targets are scored).
 
     Returns:
         the ``DepthMetricAccumulator.compute()`` result with one bin per distance.
@@ -133,11 +216,113 @@ def evaluate_novel_depth(
                 continue  # a clamped neighbour that is the current frame itself
             K, targets = frame_lidar_targets(batch, t, depth_hw, min_depth, max_depth)
             depth = model.render_depth(batch, K, T_ego0_cam[:, t], *depth_hw)[0]
+            if keep_maps is not None:
+                keep_maps.extend(depth[v].cpu().numpy() for v in range(depth.shape[0]))
             bin_key = distance_bin(float(torch.linalg.norm(T_ego0_ego[0, t, :3, 3])))
             for v, target in enumerate(targets):
                 if target.depth.numel():
                     acc.update(depth[v, target.rows, target.cols].double().cpu(), target.depth.double().cpu(), bin_key)
     return acc.compute()
+
+
+def zbuffer_depth(
+    points_ego: Float[Tensor, "P 3"],
+    K: Float[Tensor, "3 3"],
+    T_ego_cam: Float[Tensor, "4 4"],
+    hw: tuple[int, int],
+    min_depth: float,
+    max_depth: float,
+) -> Float[Tensor, "H W"]:
+    """Depth image of a point cloud seen by a camera: the nearest point per pixel (camera z,
+    metres), 0 where no point falls."""
+    t = project_lidar(points_ego, K, T_ego_cam, hw, min_depth, max_depth)
+    flat = torch.full((hw[0] * hw[1],), float("inf"), dtype=t.depth.dtype, device=t.depth.device)
+    flat = flat.scatter_reduce(0, t.rows * hw[1] + t.cols, t.depth, reduce="amin")
+    return torch.where(torch.isinf(flat), torch.zeros_like(flat), flat).reshape(hw)
+
+
+@torch.no_grad()
+def novel_depth_baselines(
+    dataset,
+    depth_hw: tuple[int, int],
+    min_depth: float = 1e-3,
+    max_depth: float = 80.0,
+    indices: list[int] | None = None,
+    keep_maps: bool = False,
+) -> dict:
+    """Two cheap baselines for novel depth synthesis on the same targets as
+    :func:`evaluate_novel_depth` (every neighbour frame t >= 1 of each sample).
+
+    - "lidar_copy": the LiDAR of every *current* frame of the evaluated samples of that scene
+      (the frames the model encodes; a target frame's own LiDAR is never used, nor any
+      frame at the target's time), moved into the target camera by the poses and z-buffered
+      (nearest point per pixel). Scored on the target points it covers; ``coverage`` is
+      their fraction. "lidar_copy_filled" fills the uncovered pixels with the constant below
+      and scores every point.
+    - "constant": the median depth of those same current frames' LiDAR in their own cameras,
+      everywhere.
+
+    Returns:
+        {"lidar_copy": result, "lidar_copy_filled": result, "constant": result,
+        "constant_depth_m": float, "coverage": float, "maps": [...]}; results in the layout
+        of ``DepthMetricAccumulator.compute()``; ``maps`` (with ``keep_maps``) per target
+        image a dict of numpy depth images "lidar_copy" and "target" (the target LiDAR).
+
+    Raises:
+        ValueError: no LiDAR point in any current frame.
+    """
+    indices = list(range(len(dataset))) if indices is None else indices
+    samples = [collate_frames([dataset[i]]) for i in indices]
+    clouds: dict[str, list[tuple[float, Tensor]]] = {}
+    values = []
+    for b in samples:
+        T = b.T_global_ego[0, 0].double()
+        pts = b.points_ego[0][0].double()
+        clouds.setdefault(b.scene_names[0], []).append((float(b.timestamps[0, 0]), pts @ T[:3, :3].T + T[:3, 3]))
+        _, own = frame_lidar_targets(b, 0, depth_hw, min_depth, max_depth)
+        values += [t.depth for t in own]
+    all_depth = torch.cat(values) if values else torch.zeros(0)
+    if all_depth.numel() == 0:
+        raise ValueError("novel_depth_baselines: no LiDAR point of a current frame falls into its images")
+    constant = float(all_depth.median())
+    copy, filled, const = DepthMetricAccumulator(), DepthMetricAccumulator(), DepthMetricAccumulator()
+    covered_points = total_points = 0
+    maps = []
+    for b in samples:
+        T_ego0_cam = b.T_ego0_cam()
+        T_ego0_ego = torch.linalg.inv(b.T_global_ego[:, :1]) @ b.T_global_ego
+        T_ego0_global = torch.linalg.inv(b.T_global_ego[0, 0].double())
+        for t in range(1, b.images.shape[1]):
+            if int(b.frame_offsets[0, t]) == 0:
+                continue
+            t_time = float(b.timestamps[0, t])
+            src = [p for time, p in clouds[b.scene_names[0]] if abs(time - t_time) > 1e-6]
+            if not src:
+                continue
+            src_ego0 = torch.cat(src) @ T_ego0_global[:3, :3].T + T_ego0_global[:3, 3]
+            K, targets = frame_lidar_targets(b, t, depth_hw, min_depth, max_depth)
+            bin_key = distance_bin(float(torch.linalg.norm(T_ego0_ego[0, t, :3, 3])))
+            for v, target in enumerate(targets):
+                if not target.depth.numel():
+                    continue
+                img = zbuffer_depth(src_ego0.float(), K[0, v], T_ego0_cam[0, t, v], depth_hw, min_depth, max_depth)
+                pred = img[target.rows, target.cols]
+                gt = target.depth
+                cov = pred > 0
+                covered_points += int(cov.sum())
+                total_points += gt.numel()
+                if cov.any():
+                    copy.update(pred[cov].double(), gt[cov].double(), bin_key)
+                filled.update(torch.where(cov, pred, torch.full_like(pred, constant)).double(), gt.double(), bin_key)
+                const.update(torch.full_like(gt, constant).double(), gt.double(), bin_key)
+                if keep_maps:
+                    target_img = torch.zeros(depth_hw)
+                    target_img[target.rows, target.cols] = gt
+                    maps.append({"lidar_copy": img.numpy(), "target": target_img.numpy()})
+    return {
+        "lidar_copy": copy.compute(), "lidar_copy_filled": filled.compute(), "constant": const.compute(),
+        "constant_depth_m": constant, "coverage": covered_points / max(total_points, 1), "maps": maps,
+    }  # fmt: skip
 
 
 def format_depth_table(result: dict, title: str) -> str:

@@ -65,3 +65,65 @@ def test_depth_and_novel_depth_scripts_on_the_bundled_scene(tmp_path):
     novel = eval_novel_depth.main([*common, "--json-out", str(tmp_path / "n.json")])
     # the previous and next frames are 1.0 s away; the car moves ~1.3 m: one bin of 12 images
     assert list(novel["raw"]["bins"]) == [2] and novel["raw"]["all"]["num_images"] == 12
+
+
+def test_gaussianflowocc_depth_protocol_on_the_bundled_scene():
+    """eval_depth.py --protocol gaussianflowocc[_exact] on the untrained tiny Gaussian model:
+    accumulated depth, LiDAR <= 40 m, pooled per sample or over all points."""
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    import eval_depth
+
+    tiny = ["--set", "train_data.dataset.image_hw=(48,88)", "model.decoder.num_gaussians=64",
+            "eval.depth_hw=(24,44)"]  # fmt: skip
+    common = ["--py-config", str(repo / "config/gaussian_ddad_tiny.py"), *tiny, "--init"]
+    per_sample = eval_depth.main([*common, "--protocol", "gaussianflowocc"])["model"]["overall"]["raw"]["all"]
+    exact = eval_depth.main([*common, "--protocol", "gaussianflowocc_exact"])["model"]["overall"]["raw"]["all"]
+    assert per_sample["num_images"] == 2  # two samples (frames 0 and 2): all cameras of one pooled per update
+    assert exact["num_images"] == 12 and exact["num_points"] > 1000
+    assert 0 < exact["abs_rel"] < 10 and 0 < per_sample["abs_rel"] < 10
+    sdf = ["--py-config", str(repo / "config/sdf_ddad_tiny.py"), "--set", "train_data.dataset.image_hw=(48,88)",
+           "model.encoder.out_channels=16", "model.representation.resolution=(24,24,4)",
+           "model.representation.feat_channels=16", "model.representation.plane_channels=8",
+           "model.representation.hidden=16", "--init"]  # fmt: skip
+    with pytest.raises(ValueError, match="accumulated depth"):
+        eval_depth.main([*sdf, "--protocol", "gaussianflowocc"])
+
+
+def test_zbuffer_keeps_the_nearest_point_per_pixel():
+    from selfsup.evaluation import zbuffer_depth
+
+    T_ego_cam = torch.tensor([[0.0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+    K = torch.tensor([[10.0, 0, 8], [0, 10.0, 6], [0, 0, 1]])
+    pts = torch.tensor([[10.0, 0, 0], [5.0, 0, 0], [7.0, 0.0, 0.0], [-5.0, 0, 0]])  # same pixel x3, one behind
+    img = zbuffer_depth(pts, K, T_ego_cam, (12, 16), 1e-3, 80.0)
+    assert img[6, 8] == 5.0 and (img > 0).sum() == 1
+
+
+def test_held_out_novel_view_protocol_with_baselines(tmp_path):
+    """eval_novel_depth.py --baselines on the tiny Gaussian config: frames 0 and 2 are rendered
+    at the held-out frame 1's cameras; the LiDAR-copy baseline only uses frames 0 and 2."""
+    import json
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    import eval_novel_depth
+
+    args = ["--py-config", str(repo / "config/gaussian_ddad_tiny.py"), "--set", "val_data.image_hw=(32,56)",
+            "model.decoder.num_gaussians=64", "eval.depth_hw=(16,28)", "--init", "--baselines",
+            "--json-out", str(tmp_path / "n.json"), "--save-maps", str(tmp_path / "maps")]  # fmt: skip
+    out = eval_novel_depth.main(args)
+    assert out["novel_depth"]["raw"]["all"]["num_images"] == 12  # 2 samples x 6 cameras of frame 1
+    base = out["baselines"]
+    assert 0.5 < base["coverage"] <= 1.0
+    copy, const = base["lidar_copy"]["raw"]["all"], base["constant"]["raw"]["all"]
+    assert copy["abs_rel"] < const["abs_rel"]  # copying neighbouring LiDAR is a strong baseline
+    assert json.loads((tmp_path / "n.json").read_text())["baselines"]["constant_depth_m"] > 1.0
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["novel_depth_0.png", "novel_depth_1.png"]

@@ -18,15 +18,18 @@ class CachedDataset(Dataset):
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
-        self._cache: dict[int, Frames] = {}
+        self._cache: dict = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Frames:
-        if index not in self._cache:
-            self._cache[index] = self.dataset[index]
-        return self._cache[index]
+        # A dataset whose samples vary with the draw (random neighbours) names what a
+        # sample is: (index, neighbour offsets), a finite set for a tiny dataset.
+        key = self.dataset.cache_key(index) if hasattr(self.dataset, "cache_key") else int(index)
+        if key not in self._cache:
+            self._cache[key] = self.dataset[index]
+        return self._cache[key]
 
     def __getattr__(self, name):
         # Delegate dataset attributes (cameras, index_of, ...) to the wrapped dataset.

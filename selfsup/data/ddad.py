@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from selfsup.camera import pose_matrix
 from selfsup.data.frames import Frames
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
+from selfsup.data.neighbours import RandomNeighbours, TargetFrames, draw_of
 from selfsup.data.occ_gt import attach_occ_gt
 
 DDAD_CAMERAS: tuple[str, ...] = ("CAMERA_01", "CAMERA_05", "CAMERA_06", "CAMERA_07", "CAMERA_08", "CAMERA_09")
@@ -78,7 +79,16 @@ class DDADFrames(Dataset):
         root: folder holding the scene folders (``data/samples/ddad/test_scene``).
         scene: scene folder name or a tuple of them.
         cameras: DGP camera names, in output order.
-        neighbours: sample offsets of the neighbour frames, e.g. ``(-1, 1)``.
+        neighbours: sample offsets of the neighbour frames, e.g. ``(-1, 1)``; or a
+            :class:`~selfsup.data.neighbours.RandomNeighbours` (a seeded, resumable draw of
+            ``num`` distinct valid frames in a window per step, GaussianFlowOcc's sampling;
+            samples with fewer valid frames are not indexed); or a
+            :class:`~selfsup.data.neighbours.TargetFrames` (absolute sample indices, e.g. a
+            held-out frame; samples whose current frame is a target are not indexed).
+        current_frames: sample indices (time order, per scene) that may be the current
+            frame; None: all.
+        exclude_frames: sample indices never loaded, neither as current frame nor as
+            neighbour (held out); not with ``allow_missing_neighbours``.
         image_hw, resize_scale, crop_top: output size and resize / crop, see
             :meth:`selfsup.data.image.ResizeCrop.plan` (``None`` keeps 1216x1936).
         load_lidar: load LiDAR points; if False ``points_ego`` holds ``[0, 3]`` tensors.
@@ -111,22 +121,28 @@ class DDADFrames(Dataset):
         root: str,
         scene: str | tuple[str, ...] = "scene_02",
         cameras: tuple[str, ...] = DDAD_CAMERAS,
-        neighbours: tuple[int, ...] = (-1, 1),
+        neighbours: tuple[int, ...] | RandomNeighbours | TargetFrames = (-1, 1),
         image_hw: tuple[int, int] | None = None,
         resize_scale: float | None = None,
         crop_top: int | None = None,
         load_lidar: bool = True,
         ego_mask_dir: str | None = None,
         allow_missing_neighbours: bool = False,
+        current_frames: tuple[int, ...] | None = None,
+        exclude_frames: tuple[int, ...] = (),
         pseudo_depth_dir: str | None = None,
         pseudo_semantic_dir: str | None = None,
         gt_dir: str | None = None,
     ) -> None:
-        if 0 in neighbours:
+        self.neighbour_spec = neighbours if isinstance(neighbours, (RandomNeighbours, TargetFrames)) else None
+        if self.neighbour_spec is None and 0 in neighbours:
             raise ValueError(f"neighbours are offsets other than 0 (frame 0 is always the current one), got {neighbours}")
+        if exclude_frames and allow_missing_neighbours:
+            raise ValueError("DDADFrames: exclude_frames cannot be combined with allow_missing_neighbours (clamping)")
         self.root = Path(root)
         self.cameras = tuple(cameras)
-        self.neighbours = tuple(int(n) for n in neighbours)
+        self.neighbours = () if self.neighbour_spec is not None else tuple(int(n) for n in neighbours)
+        self.exclude_frames = frozenset(int(f) for f in exclude_frames)
         self.load_lidar = load_lidar
         self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
         self.gt_dir = None if gt_dir is None else Path(gt_dir)
@@ -142,13 +158,42 @@ class DDADFrames(Dataset):
         self.items: list[tuple[str, int]] = []
         for name, frames in self.scenes.items():
             for i in range(len(frames)):
-                if allow_missing_neighbours or all(0 <= i + o < len(frames) for o in self.neighbours):
+                if (current_frames is not None and i not in current_frames) or i in self.exclude_frames:
+                    continue
+                if allow_missing_neighbours or self._has_neighbours(i, len(frames)):
                     self.items.append((name, i))
         if not self.items:
             raise ValueError(
-                f"no DDAD sample of {scenes} has all neighbours {self.neighbours}; "
-                "pass allow_missing_neighbours=True to clamp them"
+                f"no DDAD sample of {scenes} has all neighbours {neighbours} (current_frames={current_frames}, "
+                f"exclude_frames={tuple(exclude_frames)}); pass allow_missing_neighbours=True to clamp offsets"
             )
+
+    def _valid(self, j: int, n: int) -> bool:
+        return 0 <= j < n and j not in self.exclude_frames
+
+    def _has_neighbours(self, i: int, n: int) -> bool:
+        spec = self.neighbour_spec
+        if isinstance(spec, RandomNeighbours):
+            return len(spec.candidates(lambda o: self._valid(i + o, n))) >= spec.num
+        if isinstance(spec, TargetFrames):
+            return i not in spec.frames and all(0 <= f < n for f in spec.frames)
+        return all(self._valid(i + o, n) for o in self.neighbours)
+
+    def neighbour_offsets(self, index: int) -> tuple[int, ...]:
+        """The neighbour offsets sample ``index`` carries (drawn for ``RandomNeighbours``
+        from the draw number of a :class:`~selfsup.data.neighbours.DrawIndex`)."""
+        name, idx = self.items[index]
+        n = len(self.scenes[name])
+        spec = self.neighbour_spec
+        if isinstance(spec, RandomNeighbours):
+            return spec.choose(spec.candidates(lambda o: self._valid(idx + o, n)), int(index), draw_of(index))
+        if isinstance(spec, TargetFrames):
+            return tuple(f - idx for f in spec.frames)
+        return tuple(min(max(idx + o, 0), n - 1) - idx for o in self.neighbours)
+
+    def cache_key(self, index: int) -> tuple[int, tuple[int, ...]]:
+        """What identifies the loaded sample: (index, neighbour offsets) (for ``CachedDataset``)."""
+        return int(index), self.neighbour_offsets(index)
 
     def _read_scene(self, name: str) -> list[dict]:
         folder = self.root / name
@@ -222,7 +267,7 @@ class DDADFrames(Dataset):
     def __getitem__(self, i: int) -> Frames:
         name, idx = self.items[i]
         frames = self.scenes[name]
-        chosen = [idx] + [min(max(idx + o, 0), len(frames) - 1) for o in self.neighbours]
+        chosen = [idx] + [idx + o for o in self.neighbour_offsets(i)]
         images, Ks, T_ego_cam, T_world_ego, stamps, points = [], [], [], [], [], []
         for j in chosen:
             fr = frames[j]

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from selfsup.camera import pose_matrix
 from selfsup.data.frames import SEMANTIC_UNLABELLED, Frames
+from selfsup.data.neighbours import RandomNeighbours, draw_of
 from selfsup.data.image import ResizeCrop, load_valid_mask, open_image, to_float_chw
 from selfsup.data.occ_gt import attach_occ_gt
 from selfsup.io import atomic_write_bytes
@@ -233,7 +234,11 @@ class NuScenesFrames(Dataset):
         version: table version folder, e.g. ``"v1.0-trainval"``, ``"v1.0-mini"``.
         split: ``"train"``, ``"val"``, ``"mini_train"``, ``"mini_val"``, ... (from
             ``nuscenes.utils.splits``) or ``"all"`` (every scene in the tables).
-        neighbours: frame offsets after the current frame, e.g. ``(-1, 1)``.
+        neighbours: frame offsets after the current frame, e.g. ``(-1, 1)``; or a
+            :class:`~selfsup.data.neighbours.RandomNeighbours`: a seeded, resumable draw
+            of ``num`` distinct valid frames in a window per step (GaussianFlowOcc: 6 of
+            -6..6); samples with fewer valid frames in the window are not indexed, and
+            nothing is clamped or repeated.
         neighbour_source: ``"keyframes"`` (offsets count 2 Hz keyframes) or
             ``"sweeps"`` (offsets count ~12 Hz camera sample_data along each camera's
             ``prev`` / ``next`` links; needs an index with sweeps).
@@ -278,7 +283,7 @@ class NuScenesFrames(Dataset):
         data_root: str,
         version: str = "v1.0-trainval",
         split: str = "train",
-        neighbours: tuple[int, ...] = (-1, 1),
+        neighbours: tuple[int, ...] | RandomNeighbours = (-1, 1),
         neighbour_source: str = "keyframes",
         image_hw: tuple[int, int] | None = None,
         resize_scale: float | None = None,
@@ -296,12 +301,13 @@ class NuScenesFrames(Dataset):
             raise ValueError(f"neighbour_source must be 'keyframes' or 'sweeps', got {neighbour_source!r}")
         if neighbour_source == "sweeps" and (pseudo_depth_dir or pseudo_semantic_dir):
             raise ValueError("pseudo depth / semantic files exist per keyframe only; use neighbour_source='keyframes'")
-        if 0 in neighbours:
+        self.neighbour_draw = neighbours if isinstance(neighbours, RandomNeighbours) else None
+        if self.neighbour_draw is None and 0 in neighbours:
             raise ValueError(f"neighbours are offsets other than 0 (frame 0 is always the current one), got {neighbours}")
         self.data_root = Path(data_root)
         self.version = version
         self.cameras = tuple(cameras)
-        self.neighbours = tuple(int(n) for n in neighbours)
+        self.neighbours = () if self.neighbour_draw is not None else tuple(int(n) for n in neighbours)
         self.neighbour_source = neighbour_source
         self.load_lidar = load_lidar
         self.ego_mask_dir = None if ego_mask_dir is None else Path(ego_mask_dir)
@@ -324,7 +330,11 @@ class NuScenesFrames(Dataset):
                 raise ValueError(f"camera {cam!r} is not in the nuScenes tables; expected names like {NUSCENES_CAMERAS}")
         first_cam = self.sample_data[self.index["samples"][0]["data"][self.cameras[0]]]
         self.transform = ResizeCrop.plan(first_cam["hw"], image_hw, resize_scale, crop_top)
-        self.samples = [s for s in self.index["samples"] if allow_missing_neighbours or self._has_all_neighbours(s)]
+        if self.neighbour_draw is not None:
+            need = self.neighbour_draw.num
+            self.samples = [s for s in self.index["samples"] if len(self._draw_candidates(s)) >= need]
+        else:
+            self.samples = [s for s in self.index["samples"] if allow_missing_neighbours or self._has_all_neighbours(s)]
         if not self.samples:
             raise ValueError(
                 f"no nuScenes sample of split {split!r} has all neighbours {self.neighbours}; "
@@ -378,14 +388,24 @@ class NuScenesFrames(Dataset):
             chain.append(nxt)
         return chain
 
+    def _has_offset(self, sample: dict, off: int) -> bool:
+        if self.neighbour_source == "keyframes":
+            return self._walk_sample(sample, off)[1] == off
+        return all(len(self._walk_sd(sample["data"][c], off)) == abs(off) + 1 for c in self.cameras)
+
     def _has_all_neighbours(self, sample: dict) -> bool:
-        for off in self.neighbours:
-            if self.neighbour_source == "keyframes":
-                if self._walk_sample(sample, off)[1] != off:
-                    return False
-            elif any(len(self._walk_sd(sample["data"][c], off)) != abs(off) + 1 for c in self.cameras):
-                return False
-        return True
+        return all(self._has_offset(sample, off) for off in self.neighbours)
+
+    def _draw_candidates(self, sample: dict) -> list[int]:
+        return self.neighbour_draw.candidates(lambda off: self._has_offset(sample, off))
+
+    def neighbour_offsets(self, index: int) -> tuple[int, ...]:
+        """The requested neighbour offsets of sample ``index`` (drawn for ``RandomNeighbours``
+        from the draw number of a :class:`~selfsup.data.neighbours.DrawIndex`; fixed offsets
+        are clamped at scene ends by ``_frame``)."""
+        if self.neighbour_draw is None:
+            return self.neighbours
+        return self.neighbour_draw.choose(self._draw_candidates(self.samples[index]), int(index), draw_of(index))
 
     def _frame(self, sample: dict, offset: int) -> dict:
         """Sample_data tokens of one frame: reference pose, cameras and LiDAR."""
@@ -465,7 +485,7 @@ class NuScenesFrames(Dataset):
 
     def __getitem__(self, i: int) -> Frames:
         sample = self.samples[i]
-        frames = [self._frame(sample, 0)] + [self._frame(sample, off) for off in self.neighbours]
+        frames = [self._frame(sample, 0)] + [self._frame(sample, off) for off in self.neighbour_offsets(i)]
         images, Ks, T_ego_cam, T_global_ego, stamps, points = [], [], [], [], [], []
         for fr in frames:
             ref = self.sample_data[fr["ref"]]

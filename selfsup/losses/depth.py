@@ -6,6 +6,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from render.precision import full_precision
+
 from selfsup.losses.photometric import masked_mean, project_points
 
 
@@ -30,6 +32,7 @@ def depth_l1_loss(
     return masked_mean((prediction - target).abs(), valid)
 
 
+@full_precision
 def sparse_depth_grid(
     points_ego: Float[Tensor, "P 3"],
     K: Float[Tensor, "V 3 3"],

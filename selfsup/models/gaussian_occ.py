@@ -28,7 +28,14 @@ from selfsup.model_api import (
     read_nearest,
 )
 from selfsup.objectives import depth_objective, depth_target, photometric_objective, rgb_objective, semantic_objective
-from selfsup.representations.gaussians import Gaussians, GaussianDecoder, GaussianFlow, voxelize_gaussians
+from selfsup.representations.gaussians import (
+    Gaussians,
+    GaussianDecoder,
+    GaussianFlow,
+    TemporalContext,
+    carry_to_next_frame,
+    voxelize_gaussians,
+)
 
 GAUSSIAN_OCC_LOSS_WEIGHTS: dict[str, float] = {
     "semantic": 2.0,  # GaussianFlowOcc
@@ -127,6 +134,24 @@ class GaussianOcc(OccupancyModel):
             pushes the accumulated alpha towards 1 where there is a target) or "expected"
             (accumulated / alpha, the depth ``render_depth`` reports).
         objectives: extra or replacement objectives, name -> callable.
+        eval_depth: what ``render_depth`` returns: "expected" (accumulated / alpha, 0 below
+            ``min_opacity``; our default) or "accumulated" (sum_i w_i z_i, gsplat's "D", what
+            GaussianFlowOcc evaluates).
+        semantic_weight: voxelizer logit weighting, "falloff" (GaussianFlowOcc) or
+            "opacity_falloff" (see ``splat_gaussians_to_grid``).
+        temporal_frames: with the decoder's temporal attention, how many of the batch's past
+            frames (most recent ones) build the context in training (GaussianFlowOcc uses 5
+            previous frames; here they are the past frames the neighbour draw brought).
+        recurrent_eval: in eval mode, carry each sample's Gaussians to the next sample of
+            the same scene (evaluate a scene in time order, batch size 1); False decodes
+            every sample without temporal context.
+
+    Temporal attention (decoder ``temporal_attention`` not "none"): in training the context
+    of the current frame is built recurrently without gradient from the batch's past frames,
+    oldest first (:meth:`_history_context`, GaussianFlowOcc ``prepare_prev_feat``); in
+    evaluation from the previous sample of the same scene (:meth:`_recurrent`,
+    GaussianFlowOcc ``simple_test``). Evaluation never uses the batch's other frames as
+    inputs: they are the targets of novel-view scoring.
 
     Raises:
         ValueError: unknown loss-weight key, depth source or ``depth_loss_on``.
@@ -154,6 +179,10 @@ class GaussianOcc(OccupancyModel):
         min_opacity: float = 0.05,
         depth_loss_on: str = "accumulated",
         objectives: Mapping[str, Callable] | None = None,
+        eval_depth: str = "expected",
+        semantic_weight: str = "falloff",
+        temporal_frames: int = 5,
+        recurrent_eval: bool = True,
     ):
         super().__init__()
         check_choice("GaussianOcc", "depth_source", depth_source, ("lidar", "pseudo"))
@@ -182,12 +211,89 @@ class GaussianOcc(OccupancyModel):
         self.density_threshold, self.max_z_index = density_threshold, max_z_index
         self.min_opacity = min_opacity
         self.depth_loss_on = depth_loss_on
+        if eval_depth not in ("expected", "accumulated"):
+            raise ValueError(f"GaussianOcc: eval_depth must be 'expected' or 'accumulated', got {eval_depth!r}")
+        self.eval_depth = eval_depth
+        self.semantic_weight = semantic_weight
+        self.temporal_frames = temporal_frames
+        self.recurrent_eval = recurrent_eval
+        self._memory = None
 
     # ------------------------------------------------------------------ stages
     def encode(self, batch: Frames) -> GaussianScene:
-        """Gaussians (batched, ego frame of the current frame) from the current frame's images."""
-        feats = self.current_image_features(batch)
-        return GaussianScene(self.decoder(feats, batch.K[:, 0], batch.T_ego_cam[:, 0], tuple(batch.images.shape[-2:])))
+        """Gaussians (batched, ego frame of the current frame) from the current frame's images
+        and, with temporal attention, the previous frames' Gaussians (see the class docstring).
+
+        Raises:
+            ValueError: if ``batch`` is not batched; recurrent evaluation of a batch of more
+                than one sample.
+        """
+        if not batch.batched:
+            raise ValueError("GaussianOcc.encode: expects a batch (images [B, T, V, 3, H, W]); use collate_frames")
+        if self.decoder.temporal_attention == "none":
+            return GaussianScene(self._decode_frame(batch, 0, None))
+        if not self.training and self.recurrent_eval:
+            return GaussianScene(self._recurrent(batch))
+        return GaussianScene(self._decode_frame(batch, 0, self._history_context(batch) if self.training else None))
+
+    def _decode_frame(self, batch: Frames, t: int, prev: TemporalContext | None, b: slice = slice(None)) -> Gaussians:
+        images = batch.images[b, t]
+        feats = self.encoder(images)
+        return self.decoder(feats, batch.K[b, t], batch.T_ego_cam[b, t], tuple(images.shape[-2:]), prev)
+
+    def _carry(self, g: Gaussians, T_global_src: Tensor, T_global_dst: Tensor, dt: Tensor) -> TemporalContext:
+        """Context for the frame at pose ``T_global_dst`` from Gaussians decoded at ``T_global_src``."""
+        T_dst_src = torch.linalg.inv(T_global_dst.double()) @ T_global_src.double()
+        return carry_to_next_frame(g, T_dst_src.to(g.means.dtype), self.flow, dt.to(g.means.dtype))
+
+    @torch.no_grad()
+    def _history_context(self, batch: Frames) -> TemporalContext | None:
+        """Training: the current frame's context built recurrently without gradient from the
+        batch's past frames (negative time offset), oldest first, at most
+        ``temporal_frames``; None when some sample of the batch has no past frame."""
+        contexts = []
+        for b in range(batch.images.shape[0]):
+            dts = batch.timestamps[b] - batch.timestamps[b, 0]
+            order = [int(t) for t in torch.argsort(dts) if dts[t] < 0]
+            past = order[len(order) - self.temporal_frames :] if self.temporal_frames > 0 else []
+            if not past:
+                return None
+            ctx = None
+            for i, t in enumerate(past):
+                g = self._decode_frame(batch, t, ctx, slice(b, b + 1))
+                nxt = past[i + 1] if i + 1 < len(past) else 0
+                dt = (batch.timestamps[b, nxt] - batch.timestamps[b, t]).reshape(1)
+                ctx = self._carry(g, batch.T_global_ego[b : b + 1, t], batch.T_global_ego[b : b + 1, nxt], dt)
+            contexts.append(ctx)
+        return TemporalContext(
+            means=torch.cat([c.means for c in contexts]), features=torch.cat([c.features for c in contexts])
+        )
+
+    def reset_temporal_memory(self) -> None:
+        """Forget the Gaussians remembered for recurrent evaluation."""
+        self._memory = None
+
+    def _recurrent(self, batch: Frames) -> Gaussians:
+        """Evaluation, GaussianFlowOcc's recurrent scheme: the previous sample of the same
+        scene (earlier timestamp) gives the context through flow + ego motion; at the first
+        sample of a scene the frame is decoded once without context and its own Gaussians
+        are the context (``simple_test`` when ``has_prev_sample`` is false). The same sample
+        encoded twice (occupancy, then depth) is served from memory."""
+        if batch.images.shape[0] != 1:
+            raise ValueError("GaussianOcc: recurrent temporal evaluation needs batches of one sample")
+        scene, time = batch.scene_names[0], float(batch.timestamps[0, 0])
+        mem = self._memory
+        if mem is not None and mem["scene"] == scene and mem["time"] == time:
+            return mem["gaussians"]
+        if mem is not None and mem["scene"] == scene and mem["time"] < time:
+            ctx = self._carry(mem["gaussians"], mem["T_global_ego"], batch.T_global_ego[:, 0],
+                              batch.timestamps[:, 0] - mem["time"])  # fmt: skip
+        else:
+            first = self._decode_frame(batch, 0, None)
+            ctx = TemporalContext(means=first.means, features=first.features)
+        g = self._decode_frame(batch, 0, ctx)
+        self._memory = dict(scene=scene, time=time, T_global_ego=batch.T_global_ego[:, 0].clone(), gaussians=g)
+        return g
 
     def decode(self, batch: Frames) -> Gaussians:
         """The Gaussians of :meth:`encode`."""
@@ -311,9 +417,34 @@ class GaussianOcc(OccupancyModel):
         """Occ3D labels of the current frame via :func:`voxelize_gaussians` (no logits)."""
         g = scene.gaussians
         labels = torch.stack(
-            [voxelize_gaussians(g[b], self.grid, self.nbh, self.density_threshold, self.max_z_index) for b in range(g.means.shape[0])]
-        )
+            [
+                voxelize_gaussians(
+                    g[b], self.grid, self.nbh, self.density_threshold, self.max_z_index,
+                    semantic_weight=self.semantic_weight,
+                )
+                for b in range(g.means.shape[0])
+            ]
+        )  # fmt: skip
         return OccupancyPrediction(labels=labels)
+
+    @torch.no_grad()
+    def render_depth(
+        self,
+        batch: Frames,
+        K: Float[Tensor, "B V 3 3"],
+        T_ego_cam: Float[Tensor, "B V 4 4"],
+        height: int,
+        width: int,
+    ) -> Float[Tensor, "B V H W"]:
+        """The shared ``render_depth`` (expected depth, 0 below ``min_opacity``), or with
+        ``eval_depth="accumulated"`` the accumulated depth sum_i w_i z_i (GaussianFlowOcc)."""
+        if self.eval_depth == "expected":
+            return super().render_depth(batch, K, T_ego_cam, height, width)
+        if not batch.batched:
+            raise ValueError("GaussianOcc.render_depth: expected a batched Frames")
+        grid = PixelGrid.make((height, width), device=K.device)
+        views = self.render(self.encode(batch), K, T_ego_cam, grid, times=None, features=False)
+        return views.accumulated_depth.reshape(*K.shape[:2], height, width)
 
 
 def read_valid(batch: Frames, views: RenderedViews) -> Tensor:

@@ -7,6 +7,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from selfsup.data.neighbours import DrawIndex
+
 
 class StepBatchSampler(Sampler[list[int]]):
     """Yields this process's dataset indices for each step from ``start_step`` to ``steps``.
@@ -16,6 +18,10 @@ class StepBatchSampler(Sampler[list[int]]):
     ``r B : (r + 1) B`` of them (B batch size, P processes). Positions wrap into the next
     epoch, so no sample is dropped or repeated within an epoch and resuming at step s
     gives exactly the batches an uninterrupted run would have seen.
+
+    Indices are :class:`~selfsup.data.neighbours.DrawIndex` values (ints that also carry
+    their global position as ``draw``), so random choices a dataset makes per sample (its
+    neighbour frames) are a pure function of (seed, step) as well and resume exactly.
 
     Raises:
         ValueError: empty dataset or bad rank.
@@ -52,7 +58,7 @@ class StepBatchSampler(Sampler[list[int]]):
             epoch = pos // self.n
             if epoch not in cached:
                 cached[epoch] = self._perm(epoch)
-            out.append(int(cached[epoch][pos % self.n]))
+            out.append(DrawIndex(int(cached[epoch][pos % self.n]), pos))
         return out
 
     def __iter__(self) -> Iterator[list[int]]:

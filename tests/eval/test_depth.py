@@ -77,3 +77,18 @@ def test_mismatched_shapes_are_rejected():
     # jaxtyping's run-time check (on in the tests) or our own ValueError, whichever fires first
     with pytest.raises((ValueError, TypeError), match="shape|P"):
         depth_metrics(np.ones(2), np.ones(3))
+
+
+def test_point_pooled_depth_weighs_points_not_images():
+    from eval.depth import PointDepthAccumulator
+
+    acc = PointDepthAccumulator()
+    acc.update(torch.tensor([10.0, 20.0, 30.0]), torch.tensor([10.0, 20.0, 20.0]))  # abs_rel per point 0, 0, 0.5
+    acc.update(torch.tensor([200.0]), torch.tensor([40.0]))  # pred clamped to 80: abs_rel 1
+    res = acc.compute()["raw"]["all"]
+    assert res["num_points"] == 4 and res["num_images"] == 2
+    assert abs(res["abs_rel"] - (0.5 + 1.0) / 4) < 1e-12  # per image it would be (1/6 + 1) / 2
+    assert abs(res["rmse"] - ((10.0**2 + 40.0**2) / 4) ** 0.5) < 1e-9
+    assert abs(res["a1"] - 2 / 4) < 1e-12
+    with pytest.raises(ValueError, match="> 0"):
+        acc.update(torch.tensor([1.0]), torch.tensor([0.0]))

@@ -88,3 +88,48 @@ def test_bad_input_raises():
     bad[0, 0, 0] = 18
     with pytest.raises(ValueError, match="0..17"):
         occ3d_miou(bad, _empty())
+
+
+def _reference_gaussianflowocc_miou(pred, gt, mask):
+    """GaussianFlowOcc's formula written out literally (its nuscenes_dataset_occ.py +
+    occ_metrics.py, with_others=False): mask out GT 0 and 12, 18x18 histogram, nanmean of
+    the IoU over classes 1-11 and 13-16."""
+    mask = mask & ~((gt == 0) | (gt == 12))
+    g, p = gt[mask].astype(int), pred[mask].astype(int)
+    hist = np.bincount(18 * g + p, minlength=18 * 18).reshape(18, 18)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist))
+    return np.nanmean(iou[[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16]]) * 100
+
+
+def test_gaussianflowocc_protocol_drops_gt_others_and_other_flat():
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 18, size=(3, 20, 20, 4)).astype(np.uint8)
+    pred = np.where(rng.random(gt.shape) < 0.6, gt, rng.integers(0, 18, size=gt.shape)).astype(np.uint8)
+    mask = rng.random(gt.shape) < 0.8
+    ours, challenge = Occ3DMetric("gaussianflowocc"), Occ3DMetric()
+    for s in range(3):
+        ours.update(pred[s], gt[s], mask[s])
+        challenge.update(pred[s], gt[s], mask[s])
+    ref = _reference_gaussianflowocc_miou(pred, gt, mask)
+    assert abs(ours.compute()["mIoU"] - ref) < 1e-9
+    assert abs(challenge.compute()["mIoU"] - ref) > 0.1  # the protocols really differ
+    # a prediction that is wrong only where GT is 0 or 12 is perfect under GaussianFlowOcc's protocol
+    g = np.full((4, 4, 2), 17, np.uint8)
+    g[0, :, 0] = 4
+    g[1, :, 0] = 0
+    g[2, :, 0] = 12
+    p = g.copy()
+    p[1, :, 0] = 15
+    p[2, :, 0] = 17
+    m = Occ3DMetric("gaussianflowocc")
+    m.update(p, g)
+    res = m.compute()
+    assert res["mIoU"] == 100.0 and res["IoU"] == 100.0
+    assert Occ3DMetric().__class__(protocol="challenge").protocol == "challenge"
+    with pytest.raises(ValueError, match="protocol"):
+        Occ3DMetric("selfocc")
+    with pytest.raises(ValueError, match="protocols differ"):
+        m.merge(Occ3DMetric())
+    again = Occ3DMetric.from_state_vector(m.state_vector(), "gaussianflowocc")
+    assert again.compute()["mIoU"] == 100.0

@@ -139,7 +139,7 @@ def test_forward_backward_on_ddad(trained_step):
         "rotation": model.decoder.rotation_head[-1].weight.grad,
         "semantic": model.decoder.semantic_head[-1].weight.grad,
         "colour": model.decoder.color_head[-1].weight.grad,
-        "positions": model.decoder.position_logits.grad,
+        "positions": model.decoder.initial_means.grad,
         "flow": model.flow.mlp[-1].bias.grad,
     }
     for name, grad in grads.items():
@@ -174,3 +174,44 @@ def test_rejects_bad_configuration():
         tiny_model(loss_weights={"depth": -1.0})
     with pytest.raises(ValueError, match="depth_loss_on"):
         tiny_model(depth_loss_on="median")
+
+
+def test_flow_moves_only_dynamic_gaussians_and_never_the_current_frame(ddad_batch):
+    """The model's training views: the current frame is rendered from the unmoved Gaussians,
+    other frames move exactly the dynamic ones; the ablation switch makes every frame static."""
+    from dataclasses import replace
+
+    from selfsup.model_api import PixelGrid
+    from selfsup.models.gaussian_occ import GaussianScene
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    model.decoder.temporal_attention = "none"  # decode the current frame only
+    with torch.no_grad():
+        model.flow.mlp[-1].bias.copy_(torch.tensor([1.0, 0.5, 0.0]))
+        g = model.encode(ddad_batch).gaussians
+    n = g.means.shape[1]
+    sem = torch.full_like(g.semantics, -5.0)
+    sem[:, : n // 2, 4] = 5.0  # car: dynamic
+    sem[:, n // 2 :, 11] = 5.0  # driveable surface: static
+    scene = GaussianScene(replace(g, semantics=sem))
+    with torch.no_grad():
+        views = model.training_views(scene, ddad_batch)
+        B, T, V, _, H, W = ddad_batch.images.shape
+        grid = PixelGrid.make((H, W), model.render_hw)
+        static0 = model.render(scene, ddad_batch.K[:, 0], ddad_batch.T_ego_cam[:, 0], grid)
+    assert len(views) == T == 3
+    flow = torch.stack([v.extras["flow"] for v in views], dim=1)  # [B T N 3]
+    assert (flow[:, 0] == 0).all()  # dt = 0: the current frame never moves
+    moved = flow[:, 1:].abs().sum(-1) > 0  # [B T-1 N]
+    assert moved[:, :, : n // 2].all() and not moved[:, :, n // 2 :].any()
+    torch.testing.assert_close(views[0].depth, static0.depth)  # current frame: unmoved Gaussians
+    # the ablation switch: no Gaussian moves, every frame renders the static Gaussians
+    model.flow.enabled = False
+    with torch.no_grad():
+        off = model.training_views(scene, ddad_batch)
+        T_ego0_cam = ddad_batch.T_ego0_cam()
+        static2 = model.render(scene, ddad_batch.K[:, 2], T_ego0_cam[:, 2], grid)
+    assert all((v.extras.get("flow", torch.zeros(1)) == 0).all() for v in off)
+    torch.testing.assert_close(off[2].depth, static2.depth)
+    assert (views[2].depth - static2.depth).abs().max() > 0  # with flow the car Gaussians moved

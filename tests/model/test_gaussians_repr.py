@@ -14,6 +14,8 @@ from selfsup.representations.gaussians import (
     GaussianFlow,
     Gaussians,
     ImageCrossAttention,
+    TemporalContext,
+    carry_to_next_frame,
     gaussian_precision,
     quat_to_rotmat,
     splat_gaussians_to_grid,
@@ -77,7 +79,7 @@ def random_gaussians(n: int, grid: VoxelGrid, k: int = 5, seed: int = 0) -> Gaus
 
 
 def test_decoder_shapes_ranges_and_box():
-    dec = tiny_decoder(with_color=True)
+    dec = tiny_decoder(with_color=True, mean_param="bounded")
     g = dec(*tiny_inputs())
     lower, upper = OCC3D_GRID.box()
     assert g.means.shape == (2, 32, 3) and g.semantics.shape == (2, 32, 17) and g.features.shape == (2, 32, 16)
@@ -90,7 +92,7 @@ def test_decoder_shapes_ranges_and_box():
 
 
 def test_decoder_stays_in_box_after_large_refinement():
-    dec = tiny_decoder()
+    dec = tiny_decoder(mean_param="bounded")
     with torch.no_grad():
         for blk in dec.blocks:
             blk.refine.bias.fill_(50.0)  # would push unconstrained positions far outside
@@ -99,22 +101,67 @@ def test_decoder_stays_in_box_after_large_refinement():
     assert ((g.means >= lower) & (g.means <= upper)).all()
 
 
-@pytest.mark.parametrize("mode", ["induced", "full", "none"])
-def test_decoder_gradients_reach_queries_positions_and_features(mode):
-    dec = tiny_decoder(self_attention=mode)
+@pytest.mark.parametrize(
+    "mode,mean_param", [("induced", "residual"), ("full", "bounded"), ("none", "residual"), ("induced", "bounded")]
+)
+def test_decoder_gradients_reach_queries_positions_and_features(mode, mean_param):
+    dec = tiny_decoder(self_attention=mode, temporal_attention=mode, mean_param=mean_param)
     feats, K, T, hw = tiny_inputs()
     feats = [f.requires_grad_() for f in feats]
     g = dec(feats, K, T, hw)
     loss = g.means.sum() + g.opacities.sum() + g.semantics.square().sum() + g.scales.sum() + g.quats[..., 1].sum()
     loss.backward()
     assert dec.queries.grad.abs().sum() > 0
-    assert dec.position_logits.grad.abs().sum() > 0
+    positions = dec.position_logits if mean_param == "bounded" else dec.initial_means
+    assert positions.grad.abs().sum() > 0
     assert feats[0].grad.abs().sum() > 0 and feats[1].grad.abs().sum() > 0
+    offsets = dec.blocks[0].cross_attn.sampling_offsets
+    assert offsets.weight.grad.abs().sum() > 0  # deformable offsets learn (bilinear sampling)
+
+
+def test_temporal_attention_reads_the_previous_frame():
+    torch.manual_seed(0)
+    dec = tiny_decoder().eval()
+    feats, K, T, hw = tiny_inputs()
+    prev = TemporalContext(means=torch.randn(2, 7, 3) * 5, features=torch.randn(2, 7, 16))
+    other = TemporalContext(means=prev.means + 3.0, features=torch.randn(2, 7, 16))
+    with torch.no_grad():
+        a, b, none = dec(feats, K, T, hw, prev), dec(feats, K, T, hw, other), dec(feats, K, T, hw)
+    assert (a.features - b.features).abs().max() > 1e-3  # the context changes the output
+    assert (a.features - none.features).abs().max() > 1e-3
+    # ... and switching temporal attention off makes the decoder blind to it
+    blind = tiny_decoder(temporal_attention="none").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(blind(feats, K, T, hw, prev).features, blind(feats, K, T, hw, other).features)
+    with pytest.raises(ValueError, match="batch"):
+        dec(feats, K, T, hw, TemporalContext(means=prev.means[:1], features=prev.features[:1]))
+
+
+def test_carry_to_next_frame_applies_flow_then_ego_motion():
+    labels = [4, 11]  # car (dynamic), driveable surface (static)
+    g = _gaussians_with_labels(labels)
+    g = Gaussians(**{**g.__dict__, "means": torch.tensor([[[1.0, 2.0, 0.5], [3.0, -1.0, 0.0]]])})
+    flow = GaussianFlow(embed_dims=16, hidden_dims=16)
+    with torch.no_grad():
+        flow.mlp[-1].bias.copy_(torch.tensor([0.5, 0.0, 0.0]))  # every moving Gaussian drives +0.5 m in x
+    # the ego drives 2 m forward: a point at x in the current frame is at x - 2 in the next
+    T_next_cur = torch.eye(4)[None].clone()
+    T_next_cur[0, 0, 3] = -2.0
+    ctx = carry_to_next_frame(g, T_next_cur, flow, torch.tensor([0.5]))
+    torch.testing.assert_close(ctx.means[0, 0], torch.tensor([1.0 + 0.5 - 2.0, 2.0, 0.5]))
+    torch.testing.assert_close(ctx.means[0, 1], torch.tensor([3.0 - 2.0, -1.0, 0.0]))  # static: ego motion only
+    assert ctx.features is g.features
+    ctx_off = carry_to_next_frame(g, T_next_cur, None, None)
+    torch.testing.assert_close(ctx_off.means[0, 0], torch.tensor([1.0 - 2.0, 2.0, 0.5]))
 
 
 def test_decoder_rejects_bad_arguments():
     with pytest.raises(ValueError, match="self_attention"):
         tiny_decoder(self_attention="windowed")
+    with pytest.raises(ValueError, match="temporal_attention"):
+        tiny_decoder(temporal_attention="lstm")
+    with pytest.raises(ValueError, match="mean_param"):
+        tiny_decoder(mean_param="free")
     with pytest.raises(ValueError, match="scale_range"):
         tiny_decoder(scale_range=(1.0, 0.5))
     feats, K, T, hw = tiny_inputs()
@@ -122,10 +169,14 @@ def test_decoder_rejects_bad_arguments():
         tiny_decoder()(feats[:1], K, T, hw)
 
 
-def _identity_cross_attention() -> ImageCrossAttention:
-    att = ImageCrossAttention(embed_dims=2, feat_channels=2, num_levels=1, num_points=1, offset_range=1.0)
+def _identity_cross_attention(num_cams: int = 1) -> ImageCrossAttention:
+    """One head, one level, one point at the reference (zero offsets), identity value and
+    output projections, no embeddings: the output is the feature at the projected mean."""
+    att = ImageCrossAttention(embed_dims=2, feat_channels=2, num_levels=1, num_points=1, num_heads=1,
+                              num_cams=num_cams, cam_embeds=False, level_embeds=False)  # fmt: skip
     with torch.no_grad():
-        for lin in (att.value, att.out):
+        att.sampling_offsets.bias.zero_()
+        for lin in (att.value_proj, att.output_proj):
             lin.weight.copy_(torch.eye(2))
             lin.bias.zero_()
     return att
@@ -143,6 +194,29 @@ def test_cross_attention_samples_the_projected_pixel():
     att = _identity_cross_attention()
     out = att(torch.zeros(1, 1, 2), mean_ego.view(1, 1, 3), [feat], K_SMALL[None, None], CAM_TO_EGO[None, None], (h, w))
     torch.testing.assert_close(out[0, 0], uv, atol=1e-4, rtol=0)
+    # an offset of (+2, -1) pixels at that level moves the sample by exactly that
+    with torch.no_grad():
+        att.sampling_offsets.bias.copy_(torch.tensor([2.0, -1.0]))
+    out = att(torch.zeros(1, 1, 2), mean_ego.view(1, 1, 3), [feat], K_SMALL[None, None], CAM_TO_EGO[None, None], (h, w))
+    torch.testing.assert_close(out[0, 0], uv + torch.tensor([2.0, -1.0]), atol=1e-4, rtol=0)
+
+
+def test_cross_attention_heads_sample_their_own_channels_and_offsets():
+    h, w = 16, 24
+    vv, uu = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    feat = torch.stack([uu, vv, uu, vv])[None, None]  # heads 0 and 1 both see (u, v)
+    att = ImageCrossAttention(embed_dims=4, feat_channels=4, num_levels=1, num_points=1, num_heads=2,
+                              num_cams=1, cam_embeds=False, level_embeds=False)  # fmt: skip
+    with torch.no_grad():
+        att.sampling_offsets.bias.copy_(torch.tensor([0.0, 0.0, 3.0, 1.0]))  # head 1 looks 3 px right, 1 down
+        for lin in (att.value_proj, att.output_proj):
+            lin.weight.copy_(torch.eye(4))
+            lin.bias.zero_()
+    mean_ego = torch.tensor([10.0, 1.0, 1.0])
+    uv = (K_SMALL @ torch.tensor([-1.0, 0.5, 10.0]))[:2] / 10.0
+    out = att(torch.zeros(1, 1, 4), mean_ego.view(1, 1, 3), [feat], K_SMALL[None, None], CAM_TO_EGO[None, None], (h, w))
+    torch.testing.assert_close(out[0, 0, :2], uv, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[0, 0, 2:], uv + torch.tensor([3.0, 1.0]), atol=1e-4, rtol=0)
 
 
 def test_cross_attention_averages_cameras_that_see_the_point_and_ignores_the_rest():
@@ -152,12 +226,29 @@ def test_cross_attention_averages_cameras_that_see_the_point_and_ignores_the_res
     K = K_SMALL.expand(1, 2, 3, 3)
     T = CAM_TO_EGO.expand(1, 2, 4, 4).clone()
     T[:, 1, :2, :3] *= -1
-    att = _identity_cross_attention()
+    att = _identity_cross_attention(num_cams=2)
     means = torch.tensor([[[10.0, 0.0, 1.5], [-10.0, 0.0, 1.5], [0.0, 10.0, 1.5]]])  # front, back, side
     out = att(torch.zeros(1, 3, 2), means, feats, K, T, (h, w))
     torch.testing.assert_close(out[0, 0], torch.tensor([3.0, 3.0]))
     torch.testing.assert_close(out[0, 1], torch.tensor([7.0, 7.0]))
     torch.testing.assert_close(out[0, 2], torch.tensor([0.0, 0.0]))  # seen by no camera
+
+
+def test_cross_attention_camera_and_level_embeddings_are_added_to_values():
+    h, w = 16, 24
+    att = _identity_cross_attention(num_cams=2)
+    att.cam_embeds = torch.nn.Parameter(torch.tensor([[1.0, 0.0], [0.0, 5.0]]))
+    att.level_embeds = torch.nn.Parameter(torch.tensor([[10.0, 20.0]]))
+    feats = [torch.zeros(1, 2, 2, h, w)]
+    K = K_SMALL.expand(1, 2, 3, 3)
+    T = CAM_TO_EGO.expand(1, 2, 4, 4).clone()
+    T[:, 1, :2, :3] *= -1
+    out = att(torch.zeros(1, 2, 2), torch.tensor([[[10.0, 0.0, 1.5], [-10.0, 0.0, 1.5]]]), feats, K, T, (h, w))
+    torch.testing.assert_close(out[0, 0], torch.tensor([11.0, 20.0]))
+    torch.testing.assert_close(out[0, 1], torch.tensor([10.0, 25.0]))
+    with pytest.raises(ValueError, match="num_cams"):
+        att(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3), [torch.zeros(1, 3, 2, h, w)], K_SMALL.expand(1, 3, 3, 3),
+            CAM_TO_EGO.expand(1, 3, 4, 4), (h, w))  # fmt: skip
 
 
 # --- flow ------------------------------------------------------------------------------
@@ -228,7 +319,7 @@ def test_quat_to_rotmat_and_precision():
 SMALL_GRID = VoxelGrid(lower=(0.0, 0.0, 0.0), upper=(4.0, 3.2, 2.4), voxel_size=0.4)  # 10 x 8 x 6
 
 
-def brute_force_splat(g: Gaussians, grid: VoxelGrid, nbh: int, probs: bool):
+def brute_force_splat(g: Gaussians, grid: VoxelGrid, nbh: int, probs: bool, opacity_weighted: bool = False):
     """Every Gaussian against every voxel centre, with an explicit Chebyshev-window test."""
     centres = grid.centers()  # [X Y Z 3]
     idx = torch.stack(torch.meshgrid(*[torch.arange(n) for n in grid.shape], indexing="ij"), -1)
@@ -243,22 +334,27 @@ def brute_force_splat(g: Gaussians, grid: VoxelGrid, nbh: int, probs: bool):
         R = quat_to_rotmat(g.quats[i]).double()
         cov = R @ torch.diag(g.scales[i].double() ** 2) @ R.T
         m = (d @ torch.linalg.inv(cov) * d).sum(-1)
-        wgt = g.opacities[i].double() * torch.exp(-0.5 * m) * window
-        density += wgt
-        evidence += wgt[..., None] * sem[i].double()
+        falloff = torch.exp(-0.5 * m) * window
+        density += g.opacities[i].double() * falloff
+        sem_w = g.opacities[i].double() * falloff if opacity_weighted else falloff
+        evidence += sem_w[..., None] * sem[i].double()
     return density, evidence
 
 
-@pytest.mark.parametrize("nbh,mode", [(1, "logits"), (2, "probs"), (0, "logits")])
-def test_splat_matches_brute_force(nbh, mode):
+@pytest.mark.parametrize(
+    "nbh,mode,weight", [(1, "logits", "falloff"), (2, "probs", "falloff"), (0, "logits", "falloff"), (1, "logits", "opacity_falloff")]
+)
+def test_splat_matches_brute_force(nbh, mode, weight):
     g = random_gaussians(12, SMALL_GRID, seed=nbh)
-    density, evidence = splat_gaussians_to_grid(g, SMALL_GRID, nbh=nbh, semantic_mode=mode, chunk=5)
-    ref_d, ref_e = brute_force_splat(g, SMALL_GRID, nbh, probs=mode == "probs")
+    density, evidence = splat_gaussians_to_grid(g, SMALL_GRID, nbh=nbh, semantic_mode=mode, chunk=5, semantic_weight=weight)
+    ref_d, ref_e = brute_force_splat(g, SMALL_GRID, nbh, probs=mode == "probs", opacity_weighted=weight == "opacity_falloff")
     assert density.shape == SMALL_GRID.shape and evidence.shape == (*SMALL_GRID.shape, 5)
     assert ref_d.max() > 0.5  # the case is not trivially empty
     torch.testing.assert_close(density.double(), ref_d, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(evidence.double(), ref_e, atol=1e-4, rtol=1e-4)
-    labels = voxelize_gaussians(g, SMALL_GRID, nbh=nbh, density_threshold=0.05, max_z_index=None, semantic_mode=mode)
+    labels = voxelize_gaussians(
+        g, SMALL_GRID, nbh=nbh, density_threshold=0.05, max_z_index=None, semantic_mode=mode, semantic_weight=weight
+    )
     ref_labels = torch.where(ref_d.clamp(0, 1) < 0.05, torch.tensor(OCC3D_FREE), ref_e.argmax(-1))
     assert (labels.long() == ref_labels).all()
 

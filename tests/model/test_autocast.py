@@ -24,8 +24,14 @@ SDF_TINY = [
 GAUSSIAN_TINY = [
     "train_data.dataset.image_hw=(48,88)", "model.decoder.num_gaussians=64", "model.render_hw=(12,22)",
 ]  # fmt: skip
+BEV_TINY = [
+    "train_data.dataset.image_hw=(48,88)", "model.encoder.out_channels=16", "model.lift.in_channels=16",
+    "model.lift.out_channels=4", "model.bev_encoder.in_channels=4", "model.bev_encoder.channels=(4,8,8)",
+    "model.bev_encoder.out_channels=4", "model.head.in_channels=4", "model.head.hidden=4",
+]  # fmt: skip
 # One entry per tiny config: a new tiny config must be added here (checked below).
 TINY_CONFIGS = {
+    "bev_tiny.py": BEV_TINY,
     "gaussian_ddad_tiny.py": GAUSSIAN_TINY,
     "sdf_ddad_tiny.py": SDF_TINY,
     "sdf_ddad_tiny_lidar.py": SDF_TINY,

@@ -32,6 +32,10 @@ def tiny_overrides(cfg: fdl.Config) -> list[str]:
         inner = node.dataset if "dataset" in node.__arguments__ else node
         if "data_root" in inner.__arguments__:
             out += [f"{prefix}.data_root={NUSCENES}", f"{prefix}.version=v1.0-mini", f"{prefix}.split=all"]
+            if not isinstance(inner.__arguments__.get("neighbours", ()), tuple):
+                # a random draw (RandomNeighbours, num=6) needs 6 valid frames per sample; the
+                # bundled root has one keyframe per scene, so build with fixed, clamped neighbours
+                out.append(f"{prefix}.neighbours=(-1,1)")
         out.append(f"{prefix}.image_hw=(56,112)")
     return out
 

@@ -20,7 +20,8 @@
 # - SDF prior: the ground plane z = 0 united with a far "background" cylinder of radius 38 m
 #   (the box is +-40 m), so every ray hits something at the start; SelfOcc has no analytic
 #   prior; the decoder output is scaled by sdf_scale = 10 m so surfaces move by metres;
-# - 100 steps of AdamW at lr 1e-2 (SelfOcc 1e-4), a 5-step warm-up, cosine decay; photometric minimum over the
+# - 600 steps of AdamW at lr 1e-2 (SelfOcc 1e-4), a 5-step warm-up, cosine decay (about 6.5 min
+#   on 2 quiet CPU cores; median AbsRel 0.261 / 0.240 / 0.231 after 100 / 400 / 600 steps); photometric minimum over the
 #   two sources (monodepth2; SelfOcc's nuScenes configs average them); no cosine anneal;
 # - evaluation at 192 x 352 (2x the training images) with SelfOcc's convention (LiDAR
 #   points beyond 1 m, predictions never 0).
@@ -65,6 +66,6 @@ config = fdl.Config(
     name="sdf_ddad_tiny",
     model=model,
     train_data=data,
-    train=selfocc_optimizer(steps=100, lr=1e-2, warmup_steps=5, log_every=10, image_every=50, ckpt_every=50),
+    train=selfocc_optimizer(steps=600, lr=1e-2, warmup_steps=5, log_every=10, image_every=100, ckpt_every=200),
     eval=fdl.Config(EvalSettings, depth_hw=(192, 352), min_depth=1.0, max_depth=80.0),  # 2x the training images
 )

@@ -11,6 +11,8 @@ identity (scene, token) of a sample without loading it, for skipping complete sa
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,27 +51,29 @@ class PseudoSample:
     extra: dict = field(default_factory=dict)
 
 
-class SampleSource:
+class SampleSource(ABC):
     """Base class: ``len()``, ``key(i)`` (cheap) and ``load(i)`` (reads files)."""
 
     dataset_type: str = ""
     cameras: tuple[str, ...] = ()
     src_hw: tuple[int, int] = (0, 0)
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of samples."""
 
+    @abstractmethod
     def key(self, i: int) -> tuple[str, str]:
         """(scene_name, token) of sample ``i`` without reading any file."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, i: int, accumulate: int = 0, images: bool = True) -> PseudoSample:
         """Sample ``i`` with the LiDAR of ``accumulate`` neighbouring frames on each side;
         ``images=False`` skips decoding the images (``PseudoSample.images`` is None)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        """Manifest entry of the source (dataset, root, version, scenes)."""
 
     @staticmethod
     def _from_frames(frames, accumulated: np.ndarray, used: tuple[int, ...], lidar_token=None) -> PseudoSample:

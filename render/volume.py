@@ -289,7 +289,8 @@ class NeuSRenderer(nn.Module):
     section formula is centred.
 
     The sharpness ``s = exp(10 v)`` (clipped to [1e-6, 1e6]) has one learnable parameter ``v``
-    (``variance``), starting at ``init_variance``.
+    (``variance``), starting at ``init_variance``; the buffer ``min_inv_s`` (0 by default)
+    bounds it from below for a sharpness schedule.
 
     Args:
         num_samples: samples per ray ``S`` (SelfOcc: 256 uniform).
@@ -329,11 +330,15 @@ class NeuSRenderer(nn.Module):
         self.chunk = chunk
         self.cos_anneal_ratio = cos_anneal_ratio
         self.variance = nn.Parameter(torch.tensor(float(init_variance)))
+        # A lower bound on s that a training schedule may raise (SDFOcc.sharpness_ramp);
+        # saved, so evaluation and a resumed run use the bound training reached.
+        self.register_buffer("min_inv_s", torch.zeros(()))
 
     @property
     def inv_s(self) -> Tensor:
-        """NeuS sharpness ``s = exp(10 v)``, clipped to [1e-6, 1e6] as in SelfOcc."""
-        return torch.exp(self.variance * 10.0).clip(1e-6, 1e6)
+        """NeuS sharpness ``s = max(exp(10 v), min_inv_s)``, clipped to [1e-6, 1e6] as in
+        SelfOcc (``min_inv_s`` is 0 unless a schedule raises it)."""
+        return torch.maximum(torch.exp(self.variance * 10.0), self.min_inv_s).clip(1e-6, 1e6)
 
     def extra_repr(self) -> str:
         return (

@@ -101,6 +101,7 @@ LOSS_NAMES: dict[str, str] = {
     "hessian": "SDF second-order smoothness (regularizer)",
     "flow_reg": "squared length of the temporal flow (regularizer)",
     "search": "rendered distance vs the non-local photometric depth search, L1 of logs (SDFOcc, losses.stereo)",
+    "free_space": "negative SDF at the samples a ray passes before it stops (SDFOcc, losses.free_space_loss)",
 }
 STAT_NAMES: dict[str, str] = {
     "opacity": "mean rendered opacity of the training rays, all rendered frames",

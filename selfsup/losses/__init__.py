@@ -14,6 +14,7 @@ from selfsup.losses.photometric import (
 from selfsup.losses.regularizers import (
     axis_offsets,
     eikonal_loss,
+    free_space_loss,
     grid_eikonal_loss,
     grid_gradient,
     grid_hessian_loss,
@@ -28,6 +29,7 @@ __all__ = [
     "depth_mse_loss",
     "flow_regularization",
     "eikonal_loss",
+    "free_space_loss",
     "grid_eikonal_loss",
     "grid_gradient",
     "grid_hessian_loss",

@@ -127,3 +127,45 @@ def grid_hessian_loss(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, floa
             c = 3 - a - b
             total = total + 2.0 * _interior(mixed, (c,)).abs().mean()
     return total / 9.0
+
+
+def free_space_loss(
+    sdf: Float[Tensor, "*r S"],
+    weights: Float[Tensor, "*r S"],
+    mask: Bool[Tensor, "*r"] | None = None,
+    margin: float = 0.0,
+) -> Float[Tensor, ""]:
+    """Line-of-sight consistency of a NeuS field: no matter in front of the rendered surface.
+
+    NeuS' opacity only counts where the SDF *decreases* along a ray, so a ray may cross a
+    region of negative SDF (matter, for the voxelizer) without stopping, and a field can render
+    good depth while it is "inside" almost everywhere (the camera included). This term ties the
+    SDF sign to the rendering: the samples a ray has passed with more than half of its
+    transmittance left, ``T_i = 1 - sum_{j<=i} w_j > 1/2``, must be outside. For a planar
+    surface NeuS gives ``T = Phi_s(f)`` exactly, so ``T_i > 1/2`` is ``f_i > 0`` at any
+    sharpness ``s``: a true SDF pays nothing. Per ray ``mean_{i: T_i > 1/2} relu(margin - f_i)``,
+    the mean over the counted rays; ``T`` is not differentiated (the term moves the SDF, not
+    where the ray stops).
+
+    Args:
+        sdf: SDF at the ray samples, metres (positive outside), near to far.
+        weights: the samples' compositing weights (their sum along a ray is its opacity).
+        mask: rays that count; all without a mask.
+        margin: SDF the free samples must exceed, metres.
+
+    Returns:
+        The loss, metres (0 when no ray counts).
+
+    Source: not in SelfOcc or NeuS; the self-supervised counterpart of the LiDAR free-space
+    (line-of-sight) losses of Urban Radiance Fields (Rematas et al. 2022, Sec. 3.3), with the
+    rendered transmittance in place of the LiDAR return.
+
+    >>> sdf = torch.tensor([[-1.0, -3.0, 2.0, -3.0]])  # two "inside" samples the ray passes
+    >>> w = torch.tensor([[0.0, 0.0, 0.0, 1.0]])       # the ray stops at the last sample
+    >>> free_space_loss(sdf, w)
+    tensor(1.3333)
+    """
+    with torch.no_grad():
+        free = ((1.0 - torch.cumsum(weights, dim=-1)) > 0.5).to(sdf.dtype)
+    per_ray = (free * torch.relu(margin - sdf)).sum(dim=-1) / free.sum(dim=-1).clamp_min(1.0)
+    return masked_mean(per_ray, mask)

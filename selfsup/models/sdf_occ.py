@@ -27,14 +27,22 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 
 from render.grid import GridField, grid_spacing, sample_grid
 from render.rays import jittered_pixel_grid, pixel_rays, ray_aabb, rays_in_box, strided_pixel_grid
 from render.volume import FieldSamples, NeuSRenderer
 from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
-from selfsup.losses import axis_offsets, eikonal_loss, grid_eikonal_loss, grid_hessian_loss, hessian_loss, masked_mean
+from selfsup.losses import (
+    axis_offsets,
+    eikonal_loss,
+    free_space_loss,
+    grid_eikonal_loss,
+    grid_hessian_loss,
+    hessian_loss,
+    masked_mean,
+)
 from selfsup.losses.stereo import inverse_depth_candidates, photometric_depth_search
 from selfsup.model_api import (
     OccupancyModel,
@@ -59,6 +67,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "depth": 0.0,
     "semantic": 0.1,
     "search": 0.0,
+    "free_space": 0.0,
 }
 SDF_REGULARIZERS = ("eikonal", "hessian")
 
@@ -124,6 +133,24 @@ class SDFOcc(OccupancyModel):
             steps (SelfOcc: 5000); 0 = ratio 1 throughout.
         photometric_reduction: "min" (monodepth2; SelfOcc's KITTI configs) or "mean"
             (SelfOcc's nuScenes configs) of the reprojection errors over the sources.
+        free_space_margin: SDF (metres) the samples in front of the rendered surface must
+            exceed under the "free_space" objective (``selfsup.losses.free_space_loss``;
+            not in SelfOcc, weight 0 by default).
+        background: "none" (SelfOcc): rendered distance is the opacity-normalised expected
+            distance clamped to the ray's sample range. "box_exit": what is left of a ray's
+            transmittance when it leaves the box (or reaches ``far``) stops there, at a
+            background outside the field: the rendered distance is ``sum_i w_i t_i + (1 -
+            opacity) t_exit``, the photometric objective reprojects that exit point with
+            weight ``1 - opacity``, and the rendered colour adds a learned background colour.
+            Distant structure and sky then need no surface inside the box, so the
+            voxelized field holds no stand-in wall (NeRF++-style background, Zhang et al.
+            2020, with a fixed distance).
+        sharpness_ramp: ``(s_start, s_end, steps)``: a lower bound on the NeuS sharpness
+            that rises geometrically from ``s_start`` to ``s_end`` (1 / metre) over the first
+            ``steps`` training steps (``NeuSRenderer.min_inv_s``); the learned ``s`` may exceed
+            it. A wide kernel early lets the photometric gradient reach surfaces metres
+            away; the rising bound then forces a sharp surface whose zero level set is the
+            rendered one. ``None`` (SelfOcc): ``s`` is learned freely.
 
     Raises:
         ValueError: unknown loss names, negative weights, a depth weight without a depth
@@ -159,6 +186,9 @@ class SDFOcc(OccupancyModel):
         ray_sampling: Literal["jitter", "strided"] = "jitter",
         cos_anneal_steps: int = 0,
         photometric_reduction: Literal["min", "mean"] = "min",
+        free_space_margin: float = 0.0,
+        background: Literal["none", "box_exit"] = "none",
+        sharpness_ramp: tuple[float, float, int] | None = None,
     ):
         super().__init__()
         if field_resolution is not None and (len(field_resolution) != 3 or min(field_resolution) < 3):
@@ -184,6 +214,7 @@ class SDFOcc(OccupancyModel):
             "rgb": rgb_objective,
             "semantic": semantic_objective,
             "search": self._search_objective,
+            "free_space": self._free_space_objective,
         }
         if depth_source != "none":
             defaults["depth"] = functools.partial(depth_objective, source=depth_source, norm="l1", on="expected")
@@ -216,6 +247,17 @@ class SDFOcc(OccupancyModel):
             self.encoder.requires_grad_(False)
         self.ray_sampling = ray_sampling
         self.cos_anneal_steps = cos_anneal_steps
+        self.free_space_margin = free_space_margin
+        check_choice("SDFOcc", "background", background, ("none", "box_exit"))
+        if sharpness_ramp is not None:
+            if len(sharpness_ramp) != 3 or not 0 < sharpness_ramp[0] <= sharpness_ramp[1] or sharpness_ramp[2] < 1:
+                raise ValueError(f"SDFOcc: sharpness_ramp must be (s_start > 0, s_end >= s_start, steps >= 1), got {sharpness_ramp}")
+            sharpness_ramp = (float(sharpness_ramp[0]), float(sharpness_ramp[1]), int(sharpness_ramp[2]))
+        self.sharpness_ramp = sharpness_ramp
+        self.background = background
+        if background == "box_exit":
+            # Colour of the background (logit); SelfOcc has no background.
+            self.background_rgb = nn.Parameter(torch.zeros(3))
         # Training steps seen (drives the cosine anneal; saved, so a resumed run continues).
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
 
@@ -293,8 +335,8 @@ class SDFOcc(OccupancyModel):
         static: ``times`` is ignored). Depth is the opacity-normalised expected distance
         times each ray's depth per unit distance (SelfOcc); ``sample_points`` are detached;
         ``extras["sdf_gradients"]`` holds the SDF gradients at the samples (eikonal, decoder
-        field only), ``extras["dist"]`` the distance along each ray and
-        ``extras["ray_far"]`` where it leaves the box (metres). ``features=False`` renders
+        field only), ``extras["dist"]`` the distance along each ray, ``extras["sample_sdf"]``
+        the SDF at the samples and ``extras["ray_far"]`` where it leaves the box (metres). ``features=False`` renders
         geometry only (grid field: no colour / logits are read); a grid field reads the
         semantic channels only when the semantic objective is on."""
         batch, views = K.shape[:2]
@@ -326,13 +368,29 @@ class SDFOcc(OccupancyModel):
             return torch.stack([getattr(o, name) for o in outputs]).reshape(batch, views, R, *getattr(outputs[0], name).shape[1:])
 
         opacity = stack("opacity")
-        dist = torch.stack([o.normalized_dist() for o in outputs]).reshape(batch, views, R)
-        # SelfOcc: the normalised expected distance clipped to the ray's sample range.
-        dist = torch.minimum(dist.clamp_min(self.near), far.reshape(batch, views, R).clamp_min(self.near))
+        ray_far = far.reshape(batch, views, R).clamp_min(self.near)
         feats = stack("features")
+        points, weights, sample_sdf = stack("points"), stack("weights"), stack("sdf")
+        if self.background == "box_exit":
+            # The leftover transmittance stops at the ray's exit from the box (or at `far`):
+            # one more sample there, outside the field.
+            leftover = (1.0 - opacity).clamp_min(0.0)
+            dist = torch.stack([o.dist for o in outputs]).reshape(batch, views, R) + leftover * ray_far
+            exit_points = rays.origins + rays.directions * ray_far[..., None]
+            points = torch.cat([points, exit_points[..., None, :]], dim=-2)
+            weights = torch.cat([weights, leftover[..., None]], dim=-1)
+            sample_sdf = torch.cat([sample_sdf, torch.full_like(sample_sdf[..., :1], rep.outside_sdf)], dim=-1)
+            if rep.rgb and feats.shape[-1] >= 3:
+                bg = torch.cat([torch.sigmoid(self.background_rgb), feats.new_zeros(feats.shape[-1] - 3)])
+                feats = feats + leftover[..., None] * bg
+        else:
+            # SelfOcc: the normalised expected distance clipped to the ray's sample range.
+            dist = torch.stack([o.normalized_dist() for o in outputs]).reshape(batch, views, R)
+            dist = torch.minimum(dist.clamp_min(self.near), ray_far)
         grads = [o.sdf_gradients for o in outputs]
         extras = {"sdf_gradients": torch.stack(grads)} if all(g is not None for g in grads) else {}
         extras["dist"] = dist
+        extras["sample_sdf"] = sample_sdf
         extras["ray_far"] = far.reshape(batch, views, R)
         return RenderedViews(
             depth=dist * rays.depth_per_dist,
@@ -342,8 +400,8 @@ class SDFOcc(OccupancyModel):
             grid_hw=grid.grid_hw,
             rgb=feats[..., :3] if rep.rgb and feats.shape[-1] >= 3 else None,
             semantic_logits=feats[..., 3 * rep.rgb :] if rep.num_classes and feats.shape[-1] > 3 * rep.rgb else None,
-            sample_points=stack("points").detach(),
-            sample_weights=stack("weights"),
+            sample_points=points.detach(),
+            sample_weights=weights,
             extras=extras,
         )
 
@@ -382,10 +440,15 @@ class SDFOcc(OccupancyModel):
     # ------------------------------------------------------------------ training rays
     def training_views(self, scene: TPVScene, batch: Frames) -> list[RenderedViews]:
         """The current frame's cameras on the ``rays_hw`` grid: per-cell jitter or SelfOcc's
-        strided sub-grid (``ray_sampling``); advances the cosine anneal in training mode."""
+        strided sub-grid (``ray_sampling``); advances the cosine anneal and the sharpness ramp
+        in training mode."""
         if self.training:
             if self.cos_anneal_steps:
                 self.renderer.cos_anneal_ratio = min(1.0, float(self.train_step) / self.cos_anneal_steps)
+            if self.sharpness_ramp is not None:
+                s0, s1, steps = self.sharpness_ramp
+                frac = min(1.0, float(self.train_step) / steps)
+                self.renderer.min_inv_s.fill_(s0 * (s1 / s0) ** frac)
             self.train_step += 1
         if self.ray_sampling == "jitter":
             return super().training_views(scene, batch)
@@ -394,6 +457,11 @@ class SDFOcc(OccupancyModel):
         pixels = strided_pixel_grid(H, W, *self.rays_hw, random=self.training, device=device)
         grid = PixelGrid((H, W), self.rays_hw, pixels, self.training)
         return [self.render(scene, batch.K[:, 0], batch.T_ego_cam[:, 0], grid)]
+
+    def _free_space_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
+        """``selfsup.losses.free_space_loss`` on the rendered rays: the samples a ray passes
+        before it stops must have SDF above ``free_space_margin``."""
+        return free_space_loss(views.extras["sample_sdf"], views.sample_weights, mask, self.free_space_margin)
 
     # ------------------------------------------------------------------ depth search
     def _search_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor | None:

@@ -211,3 +211,96 @@ def test_trains_with_pseudo_depth(batch):
         opt.step()
     after = held_out_depth_loss()
     assert after < 0.95 * before, (before, after)  # measured: 6.97 -> 6.16 m
+
+
+def _silent(model: SDFOcc) -> SDFOcc:
+    """The decoder's SDF output zeroed: the field is the analytic bias alone."""
+    with torch.no_grad():
+        model.representation.decoder[-1].weight[0].zero_()
+        model.representation.decoder[-1].bias[0].zero_()
+    return model
+
+
+def _ground_model(**kw) -> SDFOcc:
+    rep = TriplaneSDF(feat_channels=16, plane_channels=8, hidden=16, resolution=(32, 32, 4), sdf_bias="ground")
+    return _silent(_model(representation=rep, renderer=NeuSRenderer(num_samples=256, init_variance=0.5, backend="torch"),
+                          far=40.0, **kw)).eval()
+
+
+def test_box_exit_background_puts_the_leftover_transmittance_where_the_ray_leaves(batch):
+    # Ground-only field: a ray that misses the road leaves the +-40 m x [-1, 5.4] m box with
+    # all its transmittance; "box_exit" then renders the exit distance (SelfOcc's
+    # normalisation would render a meaningless weighted mean of near-zero weights).
+    model = _ground_model(background="box_exit")
+    h, w = 8, 14
+    K = batch.K[:, 0].clone()
+    K[..., :2, :] *= h / 64
+    T = batch.T_ego_cam[:, 0]
+    from selfsup.model_api import PixelGrid
+
+    grid = PixelGrid.make((h, w), (h, w), jitter=False)
+    with torch.no_grad():
+        views = model.render(model.encode(batch), K, T, grid)
+    ray_far = views.extras["ray_far"]
+    sky = views.opacity < 0.01  # each free interval has opacity ~1e-5 (neus_alpha)
+    ground = views.opacity > 0.999
+    assert sky.sum() > 10 and ground.sum() > 10
+    torch.testing.assert_close(views.extras["dist"][sky], ray_far[sky], rtol=0.01, atol=0.01)
+    # Every ray's weights, the background's included, sum to 1 and the exit sample lies on
+    # the box boundary (or at `far`).
+    torch.testing.assert_close(views.sample_weights.sum(-1), torch.ones_like(views.opacity), rtol=0, atol=1e-4)
+    exit_pts = views.sample_points[..., -1, :][sky]
+    lower, upper = model.representation.grid.box()
+    on_face = ((exit_pts - lower).abs() < 1e-3) | ((exit_pts - upper).abs() < 1e-3)
+    at_far = (ray_far[sky] - model.far).abs() < 1e-3
+    assert (on_face.any(-1) | at_far).all()
+    # Where the ray hits the road, the background changes nothing.
+    plain = _ground_model()
+    with torch.no_grad():
+        ref = plain.render(plain.encode(batch), K, T, grid)
+    torch.testing.assert_close(views.depth[ground], ref.depth[ground], rtol=1e-3, atol=1e-3)
+    with pytest.raises(Exception, match="background"):  # the annotation's check or ours
+        _model(background="sphere")
+
+
+def test_free_space_loss_is_zero_for_a_true_sdf_and_penalises_matter_the_ray_passes():
+    from render.volume import neus_alpha, weights_from_alpha
+    from selfsup.losses import free_space_loss
+
+    t = torch.linspace(0.05, 19.95, 200)[None]
+    deltas = torch.full_like(t, 0.1)
+    for s in (0.5, 3.0, 40.0):
+        inv_s = torch.tensor(s)
+        # A wall at 10 m seen head-on from far outside the kernel: f = 10 - t.
+        wall = 10.0 - t
+        w, _ = weights_from_alpha(neus_alpha(wall, -torch.ones_like(t), deltas, inv_s), backend="torch")
+        assert float(free_space_loss(wall, w)) < 0.02, s
+        # The same wall with the camera "inside" (f = -1 - t: negative everywhere). With a
+        # wide kernel NeuS still stops the ray gradually (the SDF decreases) and every sample
+        # it passes is matter; with a sharp one (s f << 0) the first sample is opaque.
+        inside = -1.0 - t
+        w, _ = weights_from_alpha(neus_alpha(inside, -torch.ones_like(t), deltas, inv_s), backend="torch")
+        if s < 10:
+            assert float(free_space_loss(inside, w)) > 1.0, s
+        else:
+            assert float(w[0, 0]) > 0.99, s
+    sdf = torch.tensor([[-2.0, 1.0, -4.0]], requires_grad=True)
+    loss = free_space_loss(sdf, torch.tensor([[0.0, 0.0, 1.0]]))
+    loss.backward()
+    torch.testing.assert_close(sdf.grad, torch.tensor([[-0.5, 0.0, 0.0]]))  # the stop sample is free
+
+
+def test_free_space_objective_and_sharpness_ramp(batch):
+    model = _model(field_resolution=(32, 32, 8), loss_weights=dict(free_space=1.0), sharpness_ramp=(0.5, 8.0, 4))
+    model.train()
+    seen = []
+    for _ in range(6):
+        out = model(batch)
+        seen.append(float(model.renderer.min_inv_s))
+    assert "loss/free_space" in out.terms and torch.isfinite(out.terms["loss/free_space"])
+    # Geometric from 0.5 to 8 over 4 steps, then held: 0.5, 1, 2, 4, 8, 8.
+    assert seen == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0, 8.0])
+    assert float(model.renderer.inv_s.detach()) >= 8.0
+    assert float(model.state_dict()["renderer.min_inv_s"]) == 8.0  # saved: evaluation uses it
+    with pytest.raises(ValueError, match="sharpness_ramp"):
+        _model(sharpness_ramp=(4.0, 1.0, 10))

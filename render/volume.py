@@ -340,6 +340,11 @@ class NeuSRenderer(nn.Module):
         SelfOcc (``min_inv_s`` is 0 unless a schedule raises it)."""
         return torch.maximum(torch.exp(self.variance * 10.0), self.min_inv_s).clip(1e-6, 1e6)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the sharpness bound existed: no bound (0).
+        state_dict.setdefault(prefix + "min_inv_s", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (
             f"num_samples={self.num_samples}, perturb={self.perturb}, backend={self.backend!r}, "

@@ -144,7 +144,9 @@ class SDFOcc(OccupancyModel):
             weight ``1 - opacity``, and the rendered colour adds a learned background colour.
             Distant structure and sky then need no surface inside the box, so the
             voxelized field holds no stand-in wall (NeRF++-style background, Zhang et al.
-            2020, with a fixed distance).
+            2020, with a fixed distance). "horizon": the same, but a ray that leaves through
+            a side of the box stops at ``far``: what is seen beyond the box's sides lies
+            beyond 40 m, while what leaves through its top (sky, tree tops) stays at the box.
         sharpness_ramp: ``(s_start, s_end, steps)``: a lower bound on the NeuS sharpness
             that rises geometrically from ``s_start`` to ``s_end`` (1 / metre) over the first
             ``steps`` training steps (``NeuSRenderer.min_inv_s``); the learned ``s`` may exceed
@@ -187,7 +189,7 @@ class SDFOcc(OccupancyModel):
         cos_anneal_steps: int = 0,
         photometric_reduction: Literal["min", "mean"] = "min",
         free_space_margin: float = 0.0,
-        background: Literal["none", "box_exit"] = "none",
+        background: Literal["none", "box_exit", "horizon"] = "none",
         sharpness_ramp: tuple[float, float, int] | None = None,
     ):
         super().__init__()
@@ -248,14 +250,14 @@ class SDFOcc(OccupancyModel):
         self.ray_sampling = ray_sampling
         self.cos_anneal_steps = cos_anneal_steps
         self.free_space_margin = free_space_margin
-        check_choice("SDFOcc", "background", background, ("none", "box_exit"))
+        check_choice("SDFOcc", "background", background, ("none", "box_exit", "horizon"))
         if sharpness_ramp is not None:
             if len(sharpness_ramp) != 3 or not 0 < sharpness_ramp[0] <= sharpness_ramp[1] or sharpness_ramp[2] < 1:
                 raise ValueError(f"SDFOcc: sharpness_ramp must be (s_start > 0, s_end >= s_start, steps >= 1), got {sharpness_ramp}")
             sharpness_ramp = (float(sharpness_ramp[0]), float(sharpness_ramp[1]), int(sharpness_ramp[2]))
         self.sharpness_ramp = sharpness_ramp
         self.background = background
-        if background == "box_exit":
+        if background != "none":
             # Colour of the background (logit); SelfOcc has no background.
             self.background_rgb = nn.Parameter(torch.zeros(3))
         # Training steps seen (drives the cosine anneal; saved, so a resumed run continues).
@@ -371,11 +373,17 @@ class SDFOcc(OccupancyModel):
         ray_far = far.reshape(batch, views, R).clamp_min(self.near)
         feats = stack("features")
         points, weights, sample_sdf = stack("points"), stack("weights"), stack("sdf")
-        if self.background == "box_exit":
-            # The leftover transmittance stops at the ray's exit from the box (or at `far`):
-            # one more sample there, outside the field.
+        if self.background != "none":
+            # The leftover transmittance stops at the background: one more sample there,
+            # outside the field.
             leftover = (1.0 - opacity).clamp_min(0.0)
-            dist = torch.stack([o.dist for o in outputs]).reshape(batch, views, R) + leftover * ray_far
+            t_bg = ray_far
+            if self.background == "horizon":
+                exit_xy = (rays.origins + rays.directions * ray_far[..., None])[..., :2]
+                side = ((exit_xy - lower[:2]).abs() < 1e-3).any(-1) | ((exit_xy - upper[:2]).abs() < 1e-3).any(-1)
+                t_bg = torch.where(side, torch.full_like(ray_far, self.far), ray_far)
+            dist = torch.stack([o.dist for o in outputs]).reshape(batch, views, R) + leftover * t_bg
+            ray_far = t_bg
             exit_points = rays.origins + rays.directions * ray_far[..., None]
             points = torch.cat([points, exit_points[..., None, :]], dim=-2)
             weights = torch.cat([weights, leftover[..., None]], dim=-1)

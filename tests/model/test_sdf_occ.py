@@ -221,10 +221,10 @@ def _silent(model: SDFOcc) -> SDFOcc:
     return model
 
 
-def _ground_model(**kw) -> SDFOcc:
+def _ground_model(far: float = 40.0, **kw) -> SDFOcc:
     rep = TriplaneSDF(feat_channels=16, plane_channels=8, hidden=16, resolution=(32, 32, 4), sdf_bias="ground")
     return _silent(_model(representation=rep, renderer=NeuSRenderer(num_samples=256, init_variance=0.5, backend="torch"),
-                          far=40.0, **kw)).eval()
+                          far=far, **kw)).eval()
 
 
 def test_box_exit_background_puts_the_leftover_transmittance_where_the_ray_leaves(batch):
@@ -259,6 +259,17 @@ def test_box_exit_background_puts_the_leftover_transmittance_where_the_ray_leave
     with torch.no_grad():
         ref = plain.render(plain.encode(batch), K, T, grid)
     torch.testing.assert_close(views.depth[ground], ref.depth[ground], rtol=1e-3, atol=1e-3)
+    # "horizon": rays leaving through a side of the box go on to `far`; through the top
+    # they stop at the box as before.
+    wide = _ground_model(background="horizon", far=60.0)
+    with torch.no_grad():
+        hv = wide.render(wide.encode(batch), K, T, grid)
+    dirs_up = views.sample_points[..., -1, 2] > 5.39  # exit point on the top face
+    torch.testing.assert_close(hv.extras["dist"][sky & dirs_up], views.extras["dist"][sky & dirs_up])
+    side = sky & ~dirs_up
+    assert side.sum() > 0
+    torch.testing.assert_close(hv.extras["dist"][side], torch.full_like(hv.extras["dist"][side], wide.far),
+                               rtol=0.01, atol=0.01)
     with pytest.raises(Exception, match="background"):  # the annotation's check or ours
         _model(background="sphere")
 

@@ -335,11 +335,12 @@ class SDFOcc(OccupancyModel):
     def render(self, scene: TPVScene, K: Tensor, T_ego_cam: Tensor, grid: PixelGrid, times=None, features=True) -> RenderedViews:
         """NeuS rendering of the rays through ``grid.pixels`` of every camera (the field is
         static: ``times`` is ignored). Depth is the opacity-normalised expected distance
-        times each ray's depth per unit distance (SelfOcc); ``sample_points`` are detached;
+        times each ray's depth per unit distance (SelfOcc; with a ``background``, the expected
+        distance including the background sample); ``sample_points`` are detached;
         ``extras["sdf_gradients"]`` holds the SDF gradients at the samples (eikonal, decoder
         field only), ``extras["dist"]`` the distance along each ray, ``extras["sample_sdf"]``
-        the SDF at the samples and ``extras["ray_far"]`` where it leaves the box (metres). ``features=False`` renders
-        geometry only (grid field: no colour / logits are read); a grid field reads the
+        the SDF at the samples and ``extras["ray_far"]`` where it leaves the box (metres).
+        ``features=False`` renders geometry only (grid field: no colour / logits are read); a grid field reads the
         semantic channels only when the semantic objective is on."""
         batch, views = K.shape[:2]
         R = grid.num_rays
@@ -383,8 +384,7 @@ class SDFOcc(OccupancyModel):
                 side = ((exit_xy - lower[:2]).abs() < 1e-3).any(-1) | ((exit_xy - upper[:2]).abs() < 1e-3).any(-1)
                 t_bg = torch.where(side, torch.full_like(ray_far, self.far), ray_far)
             dist = torch.stack([o.dist for o in outputs]).reshape(batch, views, R) + leftover * t_bg
-            ray_far = t_bg
-            exit_points = rays.origins + rays.directions * ray_far[..., None]
+            exit_points = rays.origins + rays.directions * t_bg[..., None]
             points = torch.cat([points, exit_points[..., None, :]], dim=-2)
             weights = torch.cat([weights, leftover[..., None]], dim=-1)
             sample_sdf = torch.cat([sample_sdf, torch.full_like(sample_sdf[..., :1], rep.outside_sdf)], dim=-1)

@@ -367,3 +367,15 @@ def test_nerfacc_packed_cuda_weights_match_torch():
     (grad_ref,) = torch.autograd.grad(ref, alphas, upstream)
     (grad_packed,) = torch.autograd.grad(packed, flat, upstream.cuda().reshape(-1))
     torch.testing.assert_close(grad_packed.reshape(16, 20).cpu(), grad_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_neus_renderer_loads_a_checkpoint_without_the_sharpness_bound():
+    from render.volume import NeuSRenderer
+
+    old = NeuSRenderer(num_samples=4, init_variance=0.2, backend="torch").state_dict()
+    del old["min_inv_s"]  # what checkpoints written before the bound hold
+    new = NeuSRenderer(num_samples=4, init_variance=0.0, backend="torch")
+    new.min_inv_s.fill_(5.0)
+    new.load_state_dict(old)
+    assert float(new.min_inv_s) == 0.0
+    assert float(new.inv_s.detach()) == pytest.approx(float(torch.exp(torch.tensor(2.0))))

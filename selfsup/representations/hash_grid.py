@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 
 import torch
 from jaxtyping import Float
@@ -97,14 +98,11 @@ class HashGridEncoding(nn.Module):
     def out_dim(self) -> int:
         return self.levels * self.features_per_level
 
-    def forward(self, x: Float[Tensor, "P 3"]) -> Float[Tensor, "P LF"]:
-        """Encode points ``x`` in [0, 1]^3 (values outside are clamped)."""
+    def _level_corners(self, x: Tensor):
+        """Per level: table rows ``[P 8]`` (offsets included) and trilinear weights ``[P 8]``."""
         x = x.clamp(0.0, 1.0)
-        F_ = self.features_per_level
-        table_all = self.params.view(-1, F_)
         corners = torch.tensor([[i >> 0 & 1, i >> 1 & 1, i >> 2 & 1] for i in range(8)], device=x.device)
         primes = torch.tensor(_PRIMES, device=x.device, dtype=torch.int64)
-        outs = []
         for level, (scale, res, entries) in enumerate(self.sizes):
             pos = x * scale + 0.5
             base = pos.floor()
@@ -117,11 +115,66 @@ class HashGridEncoding(nn.Module):
                 flat = h[..., 0] ^ h[..., 1] ^ h[..., 2]
             flat = flat % entries + self.offsets[level]
             w = torch.where(corners[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)  # [P 8]
+            yield flat, w
+
+    def forward(self, x: Float[Tensor, "P 3"], fixed: bool = False) -> Float[Tensor, "P LF"]:
+        """Encode points ``x`` in [0, 1]^3 (values outside are clamped).
+
+        Args:
+            x: points in the unit cube.
+            fixed: the same points come every call (a decode grid) and need no gradient:
+                their interpolation is a constant sparse matrix, built once and cached (until
+                other points come), so forward and backward are one sparse-dense product
+                each (about 20x faster than gathering on CPU). The gradient of the table is
+                the same; none flows to ``x``, and it cannot be differentiated twice.
+        """
+        F_ = self.features_per_level
+        table_all = self.params.view(-1, F_)
+        if fixed:
+            W, Wt = self._fixed_matrices(x.detach())
+            out = _SparseInterp.apply(table_all, W, Wt)  # [L*P F]
+            return out.view(self.levels, x.shape[0], F_).permute(1, 0, 2).reshape(x.shape[0], self.levels * F_)
+        outs = []
+        for flat, w in self._level_corners(x):
             # index_select: its backward (index_add_) is deterministic on CPU, unlike advanced
             # indexing's accumulate (bit-exact resume), and measured 2x faster here.
             feats = table_all.index_select(0, flat.reshape(-1)).view(*flat.shape, F_)  # [P 8 F]
             outs.append((w[..., None] * feats).sum(dim=1))
         return torch.cat(outs, dim=-1)
+
+    def _fixed_matrices(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The interpolation matrix ``[L*P, entries]`` of points ``x`` and its transpose (CSR)."""
+        cache = getattr(self, "_fixed_cache", None)
+        if cache is not None and cache[0].shape == x.shape and cache[0].device == x.device and torch.equal(cache[0], x):
+            return cache[1], cache[2]
+        P = x.shape[0]
+        rows, cols, vals = [], [], []
+        for level, (flat, w) in enumerate(self._level_corners(x)):
+            rows.append((torch.arange(P, device=x.device) + level * P).repeat_interleave(8))
+            cols.append(flat.reshape(-1))
+            vals.append(w.reshape(-1))
+        shape = (self.levels * P, self.offsets[-1])
+        with torch.sparse.check_sparse_tensor_invariants(False), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            coo = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals).to(self.params.dtype), shape)
+            coo = coo.coalesce()  # sums corners that share a table row (hash collisions)
+            W, Wt = coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
+        self._fixed_cache = (x.clone(), W, Wt)
+        return W, Wt
+
+
+class _SparseInterp(torch.autograd.Function):
+    """``W @ table`` with the gradient ``W^T @ grad`` (both matrices precomputed)."""
+
+    @staticmethod
+    def forward(ctx, table, W, Wt):
+        ctx.Wt = Wt  # a constant (sparse), not an autograd input
+        return W @ table
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return ctx.Wt @ grad.contiguous(), None, None
 
 
 def _import_tcnn():
@@ -162,7 +215,8 @@ class TCNNHashGridEncoding(nn.Module):
     def out_dim(self) -> int:
         return self.levels * self.features_per_level
 
-    def forward(self, x: Float[Tensor, "P 3"]) -> Float[Tensor, "P LF"]:
+    def forward(self, x: Float[Tensor, "P 3"], fixed: bool = False) -> Float[Tensor, "P LF"]:
+        """Encode points in [0, 1]^3 (``fixed`` is accepted for the PyTorch twin's signature)."""
         return self.encoding(x.clamp(0.0, 1.0)).float()
 
 

@@ -316,12 +316,22 @@ class TriplaneSDF(nn.Module):
         """The decoder's SDF channel, without its output bias unless ``learn_sdf_offset``."""
         return out[..., 0] if self.learn_sdf_offset else out[..., 0] - self.decoder[-1].bias[0]
 
-    def _decoder_input(self, feat: Tensor, unit: Tensor) -> Tensor:
-        """TPV features, positional encoding and (optional) hash features of points."""
+    def _decoder_input(self, feat: Tensor, unit: Tensor, fixed: bool = False) -> Tensor:
+        """TPV features, positional encoding and (optional) hash features of points.
+
+        ``fixed``: ``unit`` is ``[B, *S, 3]`` with the same points in every batch element and
+        every call (the decode grid): the hash encodes them once per call, by its cached
+        sparse interpolation matrix.
+        """
         parts = [feat, self._positional_encoding(unit)]
         if self.hash is not None:
-            flat = (0.5 * (unit + 1.0)).reshape(-1, 3)
-            parts.append(self.hash(flat).reshape(*unit.shape[:-1], -1).to(feat.dtype))
+            if fixed:
+                points = (0.5 * (unit[0] + 1.0)).reshape(-1, 3)
+                enc = self.hash(points, fixed=True).reshape(*unit.shape[1:-1], -1).expand(*unit.shape[:-1], -1)
+            else:
+                flat = (0.5 * (unit + 1.0)).reshape(-1, 3)
+                enc = self.hash(flat).reshape(*unit.shape[:-1], -1)
+            parts.append(enc.to(feat.dtype))
         return torch.cat(parts, dim=-1)
 
     def sample_planes(self, planes: TPVPlanes, xyz_ego: Float[Tensor, "B N 3"]) -> Float[Tensor, "B N C"]:
@@ -393,7 +403,7 @@ class TriplaneSDF(nn.Module):
         xyz = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [X Y Z 3]
         B = feat.shape[0]
         unit = self._unit(xyz).expand(B, *xyz.shape)
-        inputs = self._decoder_input(feat.permute(0, 2, 3, 4, 1), unit)
+        inputs = self._decoder_input(feat.permute(0, 2, 3, 4, 1), unit, fixed=True)
         out = self.decoder(inputs)  # [B X Y Z O]
         sdf = self.sdf_scale * self._sdf_output(out) + self.bias(xyz)
         parts = []

@@ -148,3 +148,21 @@ def test_gradients_reach_features_and_planes():
     (sdf.sum() + rgb.sum() + logits.sum()).backward()
     assert feats[0].grad.abs().sum() > 0
     assert rep.embed["xy"].grad.abs().sum() > 0 and rep.project["yz"].weight.grad.abs().sum() > 0
+
+
+def test_decode_grid_with_hash_features_equals_query_at_cell_centres():
+    # decode_grid reads the hash grid through its cached sparse matrix; query gathers per point.
+    rep = _tiny(hash_levels=3, hash_log2_size=10, hash_base_resolution=4)
+    with torch.no_grad():
+        rep.hash.params.copy_(torch.randn_like(rep.hash.params))
+    K, T = _two_cameras(90.0, (0.0, math.pi))
+    planes = rep.build([torch.randn(2, 2, 3, 4, 6)], (8,), K.expand(2, -1, -1, -1), T.expand(2, -1, -1, -1), (32, 48))
+    shape = (10, 8, 4)
+    sdf, rest = rep.decode_grid(planes, shape)
+    axes = [rep._cell_centres(a, n) for a, n in enumerate(shape)]
+    xyz = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, 3).expand(2, -1, -1)
+    want_sdf, want_rgb, _ = rep.query(planes, xyz)
+    assert torch.allclose(sdf.reshape(2, -1), want_sdf, atol=1e-4)
+    assert torch.allclose(rest[:, :3].flatten(2).transpose(1, 2), want_rgb, atol=1e-5)
+    sdf.sum().backward()
+    assert rep.hash.params.grad.abs().sum() > 0

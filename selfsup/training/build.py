@@ -11,6 +11,7 @@ from accelerate.utils import set_seed
 from selfsup.training.checkpoint import load_model_weights
 from selfsup.training.config import apply_overrides, load_config
 from selfsup.training.experiment import Experiment
+from selfsup.training.launch import flush_denormals
 
 
 def add_model_args(parser: argparse.ArgumentParser, checkpoint_required: bool = False) -> None:
@@ -26,7 +27,8 @@ def add_model_args(parser: argparse.ArgumentParser, checkpoint_required: bool = 
 
 def build_for_eval(args: argparse.Namespace) -> Experiment:
     """Build the config's experiment with the training seed (so ``--init`` reproduces the
-    run's initial weights), load the checkpoint's weights, move the model to the device.
+    run's initial weights) and its denormal setting, load the checkpoint's weights, move the
+    model to the device.
 
     Raises:
         SystemExit: neither ``--resume-from`` nor ``--init`` was given.
@@ -34,7 +36,9 @@ def build_for_eval(args: argparse.Namespace) -> Experiment:
     if not args.resume_from and not args.init:
         raise SystemExit("give --resume-from CKPT (a checkpoint or work dir) or --init (untrained model)")
     cfg = apply_overrides(load_config(args.py_config), args.overrides)
-    set_seed(fdl.build(cfg.train).seed)
+    settings = fdl.build(cfg.train)
+    flush_denormals(settings.flush_denormal)
+    set_seed(settings.seed)
     exp: Experiment = fdl.build(cfg)
     if args.resume_from:
         load_model_weights(exp.model, args.resume_from, use_ema=not args.no_ema)

@@ -32,6 +32,9 @@ class TrainSettings:
         num_workers: DataLoader worker processes.
         num_threads: torch intra-op threads per process; ``None`` = the process's cores / the
             processes on the node (``accelerate launch`` would otherwise leave 1 on CPU).
+        flush_denormal: flush denormal floats to zero on CPU (``torch.set_flush_denormal``):
+            the SDF decoder's Softplus(beta=100) meets them in bulk and x86 computes them
+            about 7x slower (measured: a demo step 0.67 -> 0.4 s); values below 1e-38 become 0.
         seed: seeds the model init, the data order and the ray jitter.
 
     Source: SelfOcc's optimiser (AdamW lr 1e-4, wd 0.01, backbone x0.1, clip 35, 1000
@@ -57,6 +60,7 @@ class TrainSettings:
     keep_last: int = 2
     num_workers: int = 0
     num_threads: int | None = None
+    flush_denormal: bool = True
     seed: int = 0
 
     def __post_init__(self):

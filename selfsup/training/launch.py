@@ -12,6 +12,10 @@ Threads: ``accelerate launch`` (and ``torch.distributed.run``) export ``OMP_NUM_
 for CPU processes, so torch would use one core of many. :func:`configure_cpu_threads` sets
 ``torch.set_num_threads`` to the cores this process may use divided by the processes on the
 node; the training loop calls it first and logs the number.
+
+Denormals: :func:`flush_denormals` sets flush-to-zero for CPU float math (the training loop,
+evaluation builds and the demo call it): x86 computes denormal floats about 7x slower, and
+the SDF decoder's Softplus(beta=100) produces them in bulk (exp(-100 x) for x near 1).
 """
 
 from __future__ import annotations
@@ -80,3 +84,9 @@ def configure_cpu_threads(num_threads: int | None = None) -> int:
         raise ValueError(f"configure_cpu_threads: num_threads must be >= 1, got {num_threads}")
     torch.set_num_threads(n)
     return n
+
+
+def flush_denormals(enabled: bool = True) -> bool:
+    """Flush denormal floats to zero on CPU (``torch.set_flush_denormal``); returns whether the
+    CPU supports it (x86 with SSE3). Values below about 1e-38 (float32) become 0."""
+    return bool(torch.set_flush_denormal(enabled))

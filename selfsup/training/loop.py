@@ -20,7 +20,7 @@ from selfsup.data.frames import collate_frames
 from selfsup.training.checkpoint import TrainState, read_meta, resolve_checkpoint, save_checkpoint
 from selfsup.training.config import config_to_json, config_to_text, save_config
 from selfsup.training.experiment import Experiment, TrainSettings
-from selfsup.training.launch import configure_cpu_threads, cpu_threads_per_process
+from selfsup.training.launch import configure_cpu_threads, cpu_threads_per_process, flush_denormals
 from selfsup.training.sampler import StepBatchSampler
 
 
@@ -80,10 +80,11 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
     work_dir = Path(work_dir)
     settings: TrainSettings = fdl.build(cfg.train)
     threads = configure_cpu_threads(settings.num_threads)
+    ftz = flush_denormals(settings.flush_denormal) and settings.flush_denormal
     accelerator = make_accelerator(settings, work_dir)
     accelerator.print(
         f"torch threads per process: {threads} (OMP_NUM_THREADS was {os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-        f"{cpu_threads_per_process()} cores per process)"
+        f"{cpu_threads_per_process()} cores per process); denormals flushed to zero: {ftz}"
     )
     set_seed(settings.seed)  # identical initial weights on every process
     exp: Experiment = fdl.build(cfg)

@@ -97,6 +97,19 @@ def test_threads_follow_the_cores_per_process(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_flush_denormals_zeroes_denormal_results_and_can_be_undone():
+    from selfsup.training.launch import flush_denormals
+
+    tiny = torch.tensor([1e-30], dtype=torch.float32)
+    try:
+        if not flush_denormals(True):
+            pytest.skip("this CPU cannot flush denormals")
+        assert (tiny * 1e-10).item() == 0.0  # 1e-40 is a float32 denormal
+    finally:
+        flush_denormals(False)
+    assert (tiny * 1e-10).item() > 0.0
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train(tiny_config("train.steps=4", "train.ckpt_every=2", "train.keep_last=5", "train.ema_decay=0.9"),
                      tmp_path / "a")

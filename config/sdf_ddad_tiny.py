@@ -58,7 +58,7 @@ model = fdl.Config(
     train_encoder=False,
     near=0.5,  # metres
     far=60.0,  # metres
-    loss_weights=dict(photometric=1.0, rgb=0.1, eikonal=0.1, hessian=0.01, depth=0.0, semantic=0.0, free_space=0.0, search=0.0),
+    loss_weights=dict(photometric=1.0, rgb=0.1, eikonal=0.1, hessian=0.01, depth=0.0, semantic=0.0, free_space=0.0, search=0.0, prior=0.0),
 )
 
 config = fdl.Config(

@@ -68,8 +68,9 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "semantic": 0.1,
     "search": 0.0,
     "free_space": 0.0,
+    "prior": 0.0,
 }
-SDF_REGULARIZERS = ("eikonal", "hessian")
+SDF_REGULARIZERS = ("eikonal", "hessian", "prior")
 
 
 def _no_depth_source(views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
@@ -416,13 +417,26 @@ class SDFOcc(OccupancyModel):
     def regularizers(self, scene: TPVScene, views: list[RenderedViews]) -> dict[str, Tensor]:
         """"eikonal" at the rendered samples (when gradients were computed) and "hessian",
         the finite-difference smoothness at ``hessian_points`` random rendered samples per
-        batch element (stencils leaving the box do not count)."""
+        batch element (stencils leaving the box do not count); with a decoded grid, "prior":
+        the mean squared residual (m^2) of the grid's SDF from the analytic prior (``sdf_bias``),
+        which keeps the field at the prior where no view constrains it (air the cameras do
+        not see, ground at grazing angles) and costs little where the photometric term
+        moves it.
+
+        Raises:
+            ValueError: a positive "prior" weight without ``field_resolution``.
+        """
         out: dict[str, Tensor] = {}
         if scene.sdf_grid is not None:
             spacing = tuple(float(x) for x in grid_spacing(self.field_resolution, *self.representation.grid.box()))
             out["eikonal"] = grid_eikonal_loss(scene.sdf_grid, spacing)
             out["hessian"] = grid_hessian_loss(scene.sdf_grid, spacing)
+            if self.loss_weights.get("prior", 0) > 0:
+                prior = self.representation.bias(self.representation.cell_centres(self.field_resolution))
+                out["prior"] = (scene.sdf_grid - prior).square().mean()
             return out
+        if self.loss_weights.get("prior", 0) > 0:
+            raise ValueError("SDFOcc: the 'prior' regularizer needs field_resolution (a decoded grid)")
         grads = [v.extras["sdf_gradients"] for v in views if "sdf_gradients" in v.extras]
         if grads:
             out["eikonal"] = eikonal_loss(grads[0] if len(grads) == 1 else torch.cat([g.flatten(0, -2) for g in grads]))

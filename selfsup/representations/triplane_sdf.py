@@ -188,6 +188,11 @@ class TriplaneSDF(nn.Module):
         self.learn_sdf_offset = learn_sdf_offset
 
     # ------------------------------------------------------------------ lifting
+    def cell_centres(self, shape: tuple[int, int, int]) -> Float[Tensor, "X Y Z 3"]:
+        """Ego-frame centres (metres) of the cells of a ``shape`` grid over the box."""
+        axes = [self._cell_centres(a, n) for a, n in enumerate(shape)]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
     def _cell_centres(self, axis: int, n: int) -> Tensor:
         lo, hi = self.lower[axis], self.upper[axis]
         return lo + (hi - lo) * (torch.arange(n, device=self.lower.device, dtype=self.lower.dtype) + 0.5) / n
@@ -399,8 +404,7 @@ class TriplaneSDF(nn.Module):
         xz = F.interpolate(planes.xz, size=(X, Z), mode="bilinear", align_corners=False)
         yz = F.interpolate(planes.yz, size=(Y, Z), mode="bilinear", align_corners=False)
         feat = xy[..., None] + xz[:, :, :, None, :] + yz[:, :, None, :, :]  # [B C X Y Z]
-        axes = [self._cell_centres(a, n) for a, n in enumerate(shape)]
-        xyz = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [X Y Z 3]
+        xyz = self.cell_centres(shape)
         B = feat.shape[0]
         unit = self._unit(xyz).expand(B, *xyz.shape)
         inputs = self._decoder_input(feat.permute(0, 2, 3, 4, 1), unit, fixed=True)

@@ -315,3 +315,23 @@ def test_free_space_objective_and_sharpness_ramp(batch):
     assert float(model.state_dict()["renderer.min_inv_s"]) == 8.0  # saved: evaluation uses it
     with pytest.raises(ValueError, match="sharpness_ramp"):
         _model(sharpness_ramp=(4.0, 1.0, 10))
+
+
+def test_prior_regularizer_is_the_mean_squared_residual_from_the_analytic_prior(batch):
+    model = _model(field_resolution=(16, 16, 4), loss_weights=dict(prior=1.0))
+    rep = model.representation
+    with torch.no_grad():
+        scene = model.encode(batch)
+        prior = rep.bias(rep.cell_centres((16, 16, 4)))
+        reg = model.regularizers(scene, [])
+        assert torch.allclose(reg["prior"], (scene.sdf_grid - prior).square().mean())
+        assert reg["prior"] > 0
+        rep.decoder[-1].weight[0].zero_()  # the decoder adds nothing to the SDF: the prior alone
+        assert model.regularizers(model.encode(batch), [])["prior"].item() == pytest.approx(0.0, abs=1e-10)
+    model.train()
+    out = model(batch)
+    assert out.terms["loss/prior"] >= 0
+    with pytest.raises(ValueError, match="field_resolution"):
+        per_point = _model(loss_weights=dict(prior=1.0))
+        per_point.train()
+        per_point(batch)

@@ -169,12 +169,15 @@ class _SparseInterp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table, W, Wt):
         ctx.Wt = Wt  # a constant (sparse), not an autograd input
-        return W @ table
+        ctx.dtype = table.dtype
+        # Sparse CSR products have no bf16 / fp16 kernels: the table dtype, outside autocast.
+        with torch.autocast(device_type=table.device.type, enabled=False):
+            return W @ table.to(W.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        return ctx.Wt @ grad.contiguous(), None, None
+        return (ctx.Wt @ grad.to(ctx.Wt.dtype).contiguous()).to(ctx.dtype), None, None
 
 
 def _import_tcnn():

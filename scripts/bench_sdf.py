@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from selfsup.camera import scale_intrinsics  # noqa: E402
 from selfsup.data.frames import collate_frames  # noqa: E402
 from selfsup.training.config import apply_overrides, load_config  # noqa: E402
+from selfsup.training.launch import flush_denormals  # noqa: E402
 
 MODES = {
     "grid": ["model.field_resolution=(100,100,16)"],
@@ -42,6 +43,7 @@ def run(device: str = "cpu", steps: int = 3, eval_hw: tuple[int, int] = (96, 176
     out = {}
     for mode in modes:
         cfg = apply_overrides(load_config(str(REPO / "config/sdf_ddad_tiny.py")), MODES[mode])
+        ftz = flush_denormals(fdl.build(cfg.train).flush_denormal)  # as the training loop does
         torch.manual_seed(0)
         exp = fdl.build(cfg)
         model = exp.model.to(device)
@@ -84,6 +86,7 @@ def run(device: str = "cpu", steps: int = 3, eval_hw: tuple[int, int] = (96, 176
             "eval_rays_per_s": round(rate, 1),
             "eval_seconds_per_450x800_image": round(450 * 800 / rate, 2),
             "threads": torch.get_num_threads(),
+            "flush_denormal": ftz,
         }
     return out
 

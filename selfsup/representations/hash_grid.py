@@ -125,8 +125,10 @@ class HashGridEncoding(nn.Module):
             fixed: the same points come every call (a decode grid) and need no gradient:
                 their interpolation is a constant sparse matrix, built once and cached (until
                 other points come), so forward and backward are one sparse-dense product
-                each (about 20x faster than gathering on CPU). The gradient of the table is
-                the same; none flows to ``x``, and it cannot be differentiated twice.
+                each (measured on 2 CPU threads, 160k points, 6 levels: 306 -> 32 ms forward
+                + backward). The gradient of the table is the same; none flows to ``x``, and
+                it cannot be differentiated twice. The cache holds two CSR matrices of
+                ``8 L P`` entries (about 185 MB for the demo's 100 x 100 x 16 grid at L = 6).
         """
         F_ = self.features_per_level
         table_all = self.params.view(-1, F_)

@@ -87,6 +87,7 @@ def configure_cpu_threads(num_threads: int | None = None) -> int:
 
 
 def flush_denormals(enabled: bool = True) -> bool:
-    """Flush denormal floats to zero on CPU (``torch.set_flush_denormal``); returns whether the
-    CPU supports it (x86 with SSE3). Values below about 1e-38 (float32) become 0."""
-    return bool(torch.set_flush_denormal(enabled))
+    """Flush denormal floats to zero on CPU (``torch.set_flush_denormal``) or stop doing so;
+    returns whether flushing is now on (False when disabled or when the CPU cannot: it needs
+    x86 with SSE3). Values below about 1e-38 (float32) become 0."""
+    return bool(torch.set_flush_denormal(enabled)) and enabled

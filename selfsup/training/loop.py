@@ -80,7 +80,7 @@ def train(cfg: fdl.Config, work_dir: str | Path, resume_from: str | None = None)
     work_dir = Path(work_dir)
     settings: TrainSettings = fdl.build(cfg.train)
     threads = configure_cpu_threads(settings.num_threads)
-    ftz = flush_denormals(settings.flush_denormal) and settings.flush_denormal
+    ftz = flush_denormals(settings.flush_denormal)
     accelerator = make_accelerator(settings, work_dir)
     accelerator.print(
         f"torch threads per process: {threads} (OMP_NUM_THREADS was {os.environ.get('OMP_NUM_THREADS', 'unset')}, "

@@ -159,8 +159,7 @@ def test_decode_grid_with_hash_features_equals_query_at_cell_centres():
     planes = rep.build([torch.randn(2, 2, 3, 4, 6)], (8,), K.expand(2, -1, -1, -1), T.expand(2, -1, -1, -1), (32, 48))
     shape = (10, 8, 4)
     sdf, rest = rep.decode_grid(planes, shape)
-    axes = [rep._cell_centres(a, n) for a, n in enumerate(shape)]
-    xyz = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(1, -1, 3).expand(2, -1, -1)
+    xyz = rep.cell_centres(shape).reshape(1, -1, 3).expand(2, -1, -1)
     want_sdf, want_rgb, _ = rep.query(planes, xyz)
     assert torch.allclose(sdf.reshape(2, -1), want_sdf, atol=1e-4)
     assert torch.allclose(rest[:, :3].flatten(2).transpose(1, 2), want_rgb, atol=1e-5)

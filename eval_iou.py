@@ -448,7 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(format_table(result) if "mIoU" in result else f"IoU {result['IoU']:.2f} ({result['num_samples']} samples)")
         if args.json_out is not None:
             write_json_atomic(result, args.json_out)
-    state.wait_for_everyone()
+    from selfsup.training.launch import finish_distributed
+
+    finish_distributed(state)
     return result
 
 

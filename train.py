@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from selfsup.training.launch import relaunch_for_cpu_ddp
+from selfsup.training.launch import print_line_atomic, relaunch_for_cpu_ddp
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.py_config).stem)
     summary = train(cfg, work_dir, resume_from=args.resume_from)
     last = summary["history"][-1] if summary["history"] else {}
-    print(json.dumps({"work_dir": str(work_dir), "steps": summary["steps"],
+    print_line_atomic(json.dumps({"work_dir": str(work_dir), "steps": summary["steps"],
                       "num_processes": summary["num_processes"], "distributed_type": summary["distributed_type"],
                       "last": last}))
     return summary

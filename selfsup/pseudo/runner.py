@@ -232,6 +232,7 @@ def generate(kind: str, args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
     from selfsup.pseudo.sources import build_source
+    from selfsup.training.launch import finish_distributed, print_line_atomic
 
     import torch
 
@@ -309,7 +310,8 @@ def generate(kind: str, args: argparse.Namespace) -> dict:
         from selfsup.io import atomic_write_text
 
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        print(json.dumps(summary))
+        print_line_atomic(json.dumps(summary))
+    finish_distributed(state)
     return summary
 
 

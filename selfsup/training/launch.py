@@ -91,3 +91,32 @@ def flush_denormals(enabled: bool = True) -> bool:
     returns whether flushing is now on (False when disabled or when the CPU cannot: it needs
     x86 with SSE3). Values below about 1e-38 (float32) become 0."""
     return bool(torch.set_flush_denormal(enabled)) and enabled
+
+
+def finish_distributed(state) -> None:
+    """End a multi-process run cleanly: wait for every process, then leave the process group.
+
+    Call it last in scripts that form a group through ``accelerate.PartialState`` (the training
+    loop's ``Accelerator.end_training`` does the same). A gloo process that reaches interpreter
+    shutdown still in the group can abort (SIGABRT) while its peers are running, because gloo's
+    worker threads release their tensors during finalization (pytorch/pytorch#179291 describes
+    the race); seen once in CI as rank 1 of ``generate_pseudo_depth.py`` dying after its last sample.
+    A no-op for a single process.
+    """
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+    state.destroy_process_group()
+
+
+def print_line_atomic(text: str) -> None:
+    """Write ``text`` and a newline to stdout with one ``write(2)``.
+
+    Processes of one launch share the stdout pipe; ``print`` may split a line into several
+    writes, so two ranks' lines could interleave. One write of at most ``PIPE_BUF`` (4096)
+    bytes to a pipe is atomic on POSIX; longer lines are written whole but may interleave.
+    """
+    sys.stdout.flush()
+    data = (text.rstrip("\n") + "\n").encode()
+    fd = sys.stdout.fileno()
+    while data:
+        data = data[os.write(fd, data):]

@@ -126,7 +126,8 @@ def test_two_processes_write_what_one_writes(tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     res = subprocess.run(_cli(*LIDAR_DDAD, "--out-dir", two, launcher=(accelerate, "launch", "--num_processes", "2")),
                          env=_env(), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    clues = [ln for ln in res.stderr.splitlines() if any(k in ln for k in ("rror", "terminate", "what()", "Abort"))]
+    assert res.returncode == 0, "\n".join(clues[:30]) + "\n...\n" + res.stderr[-2000:]
     import json
 
     summary = json.loads((two / "summary.json").read_text())

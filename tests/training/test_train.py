@@ -165,3 +165,19 @@ def test_accelerate_launch_two_cpu_processes_form_one_ddp_group(tmp_path):
     assert len(summaries) == 2, out.stdout[-2000:]  # both ranks ran ...
     assert all(s["num_processes"] == 2 and s["distributed_type"] == "MULTI_CPU" for s in summaries)  # ... in one group
     assert resolve_checkpoint(tmp_path).name == "step_0000002"
+
+
+def test_lines_of_two_processes_sharing_stdout_do_not_interleave():
+    # the DDP launch test once read two ranks' summaries run together on one line
+    code = ("import json, sys, time; from selfsup.training.launch import print_line_atomic\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"  # both start writing together
+            "for i in range(2000): print_line_atomic(json.dumps({'rank': sys.argv[1], 'i': i, 'pad': 'x' * 2000}))\n")
+    script = ("import subprocess, sys, time; t = str(time.time() + 5)\n"
+              f"ps = [subprocess.Popen([sys.executable, '-c', {code!r}, str(r), t]) for r in (0, 1)]; [p.wait() for p in ps]")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 4000
+    rows = [json.loads(line) for line in lines]
+    assert sorted((r["rank"], r["i"]) for r in rows) == sorted((str(k), i) for k in (0, 1) for i in range(2000))

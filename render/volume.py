@@ -281,9 +281,10 @@ class NeuSRenderer(nn.Module):
     """NeuS volume renderer for SDF fields, with SelfOcc's choices as defaults.
 
     Samples ``num_samples`` contiguous intervals covering ``[near, far]`` of each ray
-    (uniform; with ``perturb`` and in training mode the interior interval edges are jittered,
-    edge ``k`` uniformly between the centres of uniform bins ``k - 1`` and ``k``, so the
-    intervals still tile ``[near, far]`` exactly), evaluates the field at interval midpoints,
+    (uniform in distance, or with ``spacing="log"`` uniform in log-distance; with ``perturb``
+    and in training mode the interior interval edges are jittered, edge ``k`` uniformly
+    between the centres of bins ``k - 1`` and ``k`` of that spacing, so the intervals still
+    tile ``[near, far]`` exactly), evaluates the field at interval midpoints,
     and composites with ``neus_alpha``. SelfOcc evaluates the SDF at interval starts and
     reports the midpoint as the sample distance; we evaluate at the midpoint, where NeuS'
     section formula is centred.
@@ -296,6 +297,9 @@ class NeuSRenderer(nn.Module):
         num_samples: samples per ray ``S`` (SelfOcc: 256 uniform).
         init_variance: initial ``v`` (SelfOcc: 0.1, i.e. ``s = e``).
         perturb: jitter the interval edges in training mode (never in eval mode).
+        spacing: ``"uniform"`` (SelfOcc) or ``"log"``: edges ``near (far / near)^u`` for
+            uniform ``u``, the same relative resolution at every distance (an interval is a
+            fixed fraction of its distance; needs ``near > 0``). Not in SelfOcc.
         backend: ``"auto"``, ``"torch"`` or ``"nerfacc"`` for the transmittance.
         chunk: rays rendered per pass; bounds peak memory when no graph is kept (eval /
             ``torch.no_grad``). In training the graph of every chunk is kept, so chunking
@@ -304,7 +308,8 @@ class NeuSRenderer(nn.Module):
             attribute that the model updates during training (``SDFOcc.cos_anneal_steps``).
 
     Raises:
-        ValueError: for ``num_samples < 1``, ``chunk < 1`` or an unknown backend.
+        ValueError: for ``num_samples < 1``, ``chunk < 1``, an unknown backend or spacing, and
+            (at render time) ``spacing="log"`` with a ray whose ``near <= 0``.
 
     Source: NeuS (Wang et al. 2021) eq. 13; SelfOcc (Huang et al. 2024) NeuS head.
     """
@@ -317,8 +322,12 @@ class NeuSRenderer(nn.Module):
         backend: str = "auto",
         chunk: int = 8192,
         cos_anneal_ratio: float = 1.0,
+        spacing: str = "uniform",
     ) -> None:
         super().__init__()
+        if spacing not in ("uniform", "log"):
+            raise ValueError(f"spacing must be 'uniform' or 'log', got {spacing!r}")
+        self.spacing = spacing
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if chunk < 1:
@@ -348,7 +357,7 @@ class NeuSRenderer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_samples={self.num_samples}, perturb={self.perturb}, backend={self.backend!r}, "
-            f"chunk={self.chunk}, cos_anneal_ratio={self.cos_anneal_ratio}"
+            f"chunk={self.chunk}, cos_anneal_ratio={self.cos_anneal_ratio}, spacing={self.spacing!r}"
         )
 
     @full_precision
@@ -418,6 +427,12 @@ class NeuSRenderer(nn.Module):
             lo, hi = centres[:, :-1], centres[:, 1:]
             r = torch.rand(lo.shape, generator=generator, device=near.device, dtype=near.dtype)
             u = torch.cat([u[:, :1], lo + (hi - lo) * r, u[:, -1:]], dim=-1)
+        if self.spacing == "log":
+            if bool((near <= 0).any()):
+                raise ValueError("NeuSRenderer: spacing='log' needs near > 0 on every ray")
+            far = torch.maximum(far, near)  # empty rays stay empty
+            edges = near[:, None] * torch.exp(torch.log(far / near)[:, None] * u)
+            return torch.cat([near[:, None], edges[:, 1:-1], far[:, None]], dim=-1)  # exact ends
         return near[:, None] + (far - near)[:, None] * u
 
     def _query_field(

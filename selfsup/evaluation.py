@@ -135,7 +135,7 @@ def evaluate_depth_gaussianflowocc(
 
 @torch.no_grad()
 def evaluate_depth(
-    model: OccupancyModel,
+    model: OccupancyModel | None,
     dataset,
     depth_hw: tuple[int, int],
     min_depth: float = 1e-3,
@@ -144,43 +144,97 @@ def evaluate_depth(
     indices: list[int] | None = None,
     constant_depth: float | None = None,
     keep_maps: bool = False,
+    predicted_maps: list[Float[Tensor, "V h w"]] | None = None,
 ) -> dict:
     """Render depth of the current frame of each sample and score it against its LiDAR.
 
     Depth is rendered at ``depth_hw`` (intrinsics scaled accordingly); each LiDAR point is
     compared with the rendered pixel it falls in. Metrics follow ``eval.depth`` (SelfOcc:
     per image, averaged over images, raw and median-scaled). With ``constant_depth`` the
-    model is not run and every pixel predicts that depth (a baseline).
+    model is not run and every pixel predicts that depth (a baseline). With
+    ``predicted_maps`` (one ``[V, h, w]`` map per evaluated sample, metres) the model is not
+    run and those maps are scored; LiDAR points on NaN pixels are left out (``coverage``).
 
     Returns:
         {"overall": accumulator result, "per_camera": {name: result}, "maps": [...] (if
-        ``keep_maps``: per sample [V, h, w] numpy depth maps)}.
+        ``keep_maps``: per sample [V, h, w] numpy depth maps), "coverage": fraction of the
+        LiDAR points scored}.
+
+    Raises:
+        ValueError: ``predicted_maps`` of the wrong length or shape; no model and neither
+            ``constant_depth`` nor ``predicted_maps``.
     """
-    model.eval()
+    if model is not None:
+        model.eval()
+    elif constant_depth is None and predicted_maps is None:
+        raise ValueError("evaluate_depth: model is None; pass constant_depth or predicted_maps")
     indices = list(range(len(dataset))) if indices is None else indices
+    if predicted_maps is not None and len(predicted_maps) != len(indices):
+        raise ValueError(f"evaluate_depth: {len(predicted_maps)} predicted maps for {len(indices)} samples")
     overall = DepthMetricAccumulator()
     per_camera: dict[str, DepthMetricAccumulator] = {}
     maps = []
-    for i in indices:
+    scored = total = 0
+    for j, i in enumerate(indices):
         batch: Frames = collate_frames([dataset[i]]).to(device)
         K, targets = frame_lidar_targets(batch, 0, depth_hw, min_depth, max_depth)
-        if constant_depth is None:
+        if predicted_maps is not None:
+            depth = torch.as_tensor(predicted_maps[j], device=device)
+            if tuple(depth.shape) != (K.shape[1], *depth_hw):
+                raise ValueError(f"evaluate_depth: predicted map {j} has shape {tuple(depth.shape)}, "
+                                 f"expected {(K.shape[1], *depth_hw)}")
+        elif constant_depth is None:
             depth = model.render_depth(batch, K, batch.T_ego_cam[:, 0], *depth_hw)[0]
         else:
             depth = torch.full((K.shape[1], *depth_hw), float(constant_depth), device=device)
         if keep_maps:
             maps.append(depth.cpu().numpy())
         for v, (name, target) in enumerate(zip(batch.camera_names, targets)):
-            if target.depth.numel() == 0:
+            total += target.depth.numel()
+            pred, gt = depth[v, target.rows, target.cols], target.depth
+            keep = torch.isfinite(pred)
+            pred, gt = pred[keep], gt[keep]
+            if gt.numel() == 0:
                 continue
-            pred = depth[v, target.rows, target.cols]
-            overall.update(pred.double().cpu(), target.depth.double().cpu())
-            per_camera.setdefault(name, DepthMetricAccumulator()).update(pred.double().cpu(), target.depth.double().cpu())
+            scored += gt.numel()
+            overall.update(pred.double().cpu(), gt.double().cpu())
+            per_camera.setdefault(name, DepthMetricAccumulator()).update(pred.double().cpu(), gt.double().cpu())
     return {
         "overall": overall.compute(),
         "per_camera": {k: acc.compute() for k, acc in per_camera.items()},
         "maps": maps,
+        "coverage": scored / max(total, 1),
     }
+
+
+@torch.no_grad()
+def neighbour_lidar_depth(
+    batch: Frames, depth_hw: tuple[int, int], min_depth: float = 1e-3, max_depth: float = 80.0
+) -> Float[Tensor, "V h w"]:
+    """Depth of the current frame's cameras from the LiDAR of its *other* frames: every
+    neighbour frame's points moved into the current ego frame by the poses
+    (``T_ego0_ego_t``) and z-buffered (nearest point per pixel, camera z in metres); NaN where
+    no point falls. A cheap baseline that sees real geometry but not the scored frame's
+    LiDAR (first sample of ``batch``; static-world assumption: moving objects smear).
+
+    Raises:
+        ValueError: the sample has no neighbour frame with LiDAR points.
+    """
+    T_ego0_global = torch.linalg.inv(batch.T_global_ego[0, 0].double())
+    clouds = []
+    for t in range(1, batch.T_global_ego.shape[1]):
+        pts = batch.points_ego[0][t]
+        if int(batch.frame_offsets[0, t]) == 0 or pts.numel() == 0:
+            continue
+        T = T_ego0_global @ batch.T_global_ego[0, t].double()
+        clouds.append(pts.double() @ T[:3, :3].T + T[:3, 3])
+    if not clouds:
+        raise ValueError("neighbour_lidar_depth: the sample has no neighbour frame with LiDAR points")
+    src = torch.cat(clouds).float()
+    K, _ = frame_lidar_targets(batch, 0, depth_hw, min_depth, max_depth)
+    imgs = torch.stack([zbuffer_depth(src, K[0, v], batch.T_ego_cam[0, 0, v], depth_hw, min_depth, max_depth)
+                        for v in range(K.shape[1])])
+    return torch.where(imgs > 0, imgs, torch.full_like(imgs, float("nan")))
 
 
 @torch.no_grad()
@@ -348,3 +402,21 @@ def median_lidar_depth(dataset, depth_hw, min_depth=1e-3, max_depth=80.0, indice
     if all_depth.numel() == 0 or math.isnan(float(all_depth.median())):
         raise ValueError("no LiDAR point falls into any evaluated image")
     return float(all_depth.median())
+
+
+def fill_nearest(depth: Float[Tensor, "V h w"]) -> Float[Tensor, "V h w"]:
+    """Fill the NaN pixels of each depth image with the value of the nearest finite pixel
+    (Euclidean distance in pixels; ``scipy.ndimage.distance_transform_edt``). Images with no
+    finite pixel stay NaN. Turns a sparse LiDAR copy into a dense baseline."""
+    import numpy as np
+    from scipy.ndimage import distance_transform_edt
+
+    out = depth.clone()
+    for v in range(depth.shape[0]):
+        img = depth[v].cpu().numpy()
+        missing = ~np.isfinite(img)
+        if missing.all() or not missing.any():
+            continue
+        _, (rows, cols) = distance_transform_edt(missing, return_indices=True)
+        out[v] = torch.from_numpy(img[rows, cols]).to(depth)
+    return out

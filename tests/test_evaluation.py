@@ -127,3 +127,39 @@ def test_held_out_novel_view_protocol_with_baselines(tmp_path):
     assert copy["abs_rel"] < const["abs_rel"]  # copying neighbouring LiDAR is a strong baseline
     assert json.loads((tmp_path / "n.json").read_text())["baselines"]["constant_depth_m"] > 1.0
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["novel_depth_0.png", "novel_depth_1.png"]
+
+
+def test_neighbour_lidar_copied_into_the_scored_cameras_on_the_real_ddad_frame(samples_root):
+    """The previous and next frames' LiDAR, moved by the real poses into the middle frame's
+    cameras, agrees with that frame's own LiDAR far better than a constant, and scoring the
+    copied maps goes through evaluate_depth's precomputed-map path."""
+    import pytest
+
+    from selfsup.data.ddad import DDADFrames
+    from selfsup.data.frames import collate_frames
+    from selfsup.evaluation import evaluate_depth, neighbour_lidar_depth
+
+    ds = DDADFrames(str(samples_root / "ddad" / "test_scene"), image_hw=(48, 88))
+    hw = (48, 88)
+    copied = neighbour_lidar_depth(collate_frames([ds[0]]), hw, 1.0, 80.0)
+    assert copied.shape == (6, *hw) and torch.isnan(copied).any() and torch.isfinite(copied).any()
+    res = evaluate_depth(None, ds, hw, 1.0, 80.0, predicted_maps=[copied])
+    assert 0.3 < res["coverage"] < 1.0  # LiDAR copies cover most, not all, of the scored points
+    const = evaluate_depth(None, ds, hw, 1.0, 80.0, constant_depth=20.0)
+    same = evaluate_depth(None, ds, hw, 1.0, 80.0, predicted_maps=[torch.full((6, *hw), 20.0)])
+    assert same["overall"] == const["overall"] and const["coverage"] == 1.0
+    copy_rel = res["overall"]["median"]["all"]["abs_rel"]
+    assert copy_rel < 0.2 and copy_rel < 0.5 * const["overall"]["median"]["all"]["abs_rel"]
+    from selfsup.evaluation import fill_nearest
+
+    dense = fill_nearest(copied)
+    assert torch.isfinite(dense).all() and torch.equal(dense[torch.isfinite(copied)], copied[torch.isfinite(copied)])
+    filled = evaluate_depth(None, ds, hw, 1.0, 80.0, predicted_maps=[dense])
+    assert filled["coverage"] == 1.0 and filled["overall"]["median"]["all"]["abs_rel"] < const["overall"]["median"]["all"]["abs_rel"]
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_depth(None, ds, hw, predicted_maps=[copied[:3]])
+    with pytest.raises(ValueError, match="model is None"):
+        evaluate_depth(None, ds, hw)
+    lone = DDADFrames(str(samples_root / "ddad" / "test_scene"), image_hw=hw, neighbours=())
+    with pytest.raises(ValueError, match="no neighbour frame"):
+        neighbour_lidar_depth(collate_frames([lone[0]]), hw)

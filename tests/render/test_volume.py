@@ -379,3 +379,31 @@ def test_neus_renderer_loads_a_checkpoint_without_the_sharpness_bound():
     new.load_state_dict(old)
     assert float(new.min_inv_s) == 0.0
     assert float(new.inv_s.detach()) == pytest.approx(float(torch.exp(torch.tensor(2.0))))
+
+
+def test_log_spacing_tiles_the_ray_with_a_constant_ratio_and_renders_planes_exactly():
+    near = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    far = torch.tensor([60.0, 10.0, 3.0], dtype=torch.float64)  # the last ray is empty
+    r = renderer(num_samples=32, spacing="log")
+    edges = r._sample_edges(near, far, None)
+    torch.testing.assert_close(edges[:, 0], near)
+    torch.testing.assert_close(edges[:, -1], far)
+    ratio = edges[:2, 1:] / edges[:2, :-1]
+    torch.testing.assert_close(ratio, (far[:2] / near[:2]).pow(1 / 32)[:, None].expand_as(ratio))
+    r.train()
+    jittered = r._sample_edges(near[:2], far[:2], torch.Generator().manual_seed(0))
+    assert bool((jittered[:, 1:] > jittered[:, :-1]).all())
+    torch.testing.assert_close(jittered[:, [0, -1]], edges[:2, [0, -1]])
+    assert not torch.allclose(jittered, edges[:2])
+    # A plane renders at its distance to within half the interval that holds it (at s = e^5
+    # the weight falls inside one interval; its midpoint is the rendered distance).
+    origins, directions = x_rays(2)
+    out = renderer(num_samples=64, init_variance=0.5, spacing="log")(
+        plane_field(), origins, directions, torch.full((2,), 0.5, dtype=torch.float64), torch.full((2,), 10.0, dtype=torch.float64))
+    half_interval = 0.5 * 5.0 * (20.0 ** (1 / 64) - 1)  # 0.12 m
+    assert float((out.dist - 5.0).abs().max()) < half_interval
+    torch.testing.assert_close(out.opacity, torch.ones(2, dtype=torch.float64), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="near > 0"):
+        renderer(spacing="log")._sample_edges(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), None)
+    with pytest.raises(ValueError, match="spacing"):
+        NeuSRenderer(spacing="disparity")

@@ -231,7 +231,7 @@ def neighbour_lidar_depth(
     if not clouds:
         raise ValueError("neighbour_lidar_depth: the sample has no neighbour frame with LiDAR points")
     src = torch.cat(clouds).float()
-    K, _ = frame_lidar_targets(batch, 0, depth_hw, min_depth, max_depth)
+    K = scale_intrinsics(batch.K[:, 0], tuple(batch.images.shape[-2:]), depth_hw)  # never reads frame 0's LiDAR
     imgs = torch.stack([zbuffer_depth(src, K[0, v], batch.T_ego_cam[0, 0, v], depth_hw, min_depth, max_depth)
                         for v in range(K.shape[1])])
     return torch.where(imgs > 0, imgs, torch.full_like(imgs, float("nan")))

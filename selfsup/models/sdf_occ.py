@@ -21,6 +21,7 @@ finite differences on the grid. Everything is in the ego frame of the current fr
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,7 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from render.grid import GridField, grid_spacing, sample_grid
 from render.rays import jittered_pixel_grid, pixel_rays, ray_aabb, rays_in_box, strided_pixel_grid
@@ -148,6 +150,16 @@ class SDFOcc(OccupancyModel):
             2020, with a fixed distance). "horizon": the same, but a ray that leaves through
             a side of the box stops at ``far``: what is seen beyond the box's sides lies
             beyond 40 m, while what leaves through its top (sky, tree tops) stays at the box.
+            "learned": the leftover transmittance is shared among ``background_bins``
+            samples beyond the exit, uniform in inverse distance from ``1 / t_exit`` to
+            ``1 / max(background_far, t_exit)``, by a softmax over bins whose logits are a
+            learned map of the ray's direction in the ego frame (``background_map_hw``
+            cells over azimuth -pi..pi and elevation ``background_elevation``, bilinear,
+            wrapping in azimuth; NeRF++'s separate background model, Zhang et al. 2020,
+            reduced to a per-direction distance distribution). Only the weights carry
+            gradient (as for the field's samples), so the photometric error of each bin's
+            reprojection picks the distance of structure beyond the box; logits start at 0
+            (all bins equal).
         sharpness_ramp: ``(s_start, s_end, steps)``: a lower bound on the NeuS sharpness
             that rises geometrically from ``s_start`` to ``s_end`` (1 / metre) over the first
             ``steps`` training steps (``NeuSRenderer.min_inv_s``); the learned ``s`` may exceed
@@ -190,8 +202,12 @@ class SDFOcc(OccupancyModel):
         cos_anneal_steps: int = 0,
         photometric_reduction: Literal["min", "mean"] = "min",
         free_space_margin: float = 0.0,
-        background: Literal["none", "box_exit", "horizon"] = "none",
+        background: Literal["none", "box_exit", "horizon", "learned"] = "none",
         sharpness_ramp: tuple[float, float, int] | None = None,
+        background_bins: int = 8,
+        background_far: float = 100.0,
+        background_map_hw: tuple[int, int] = (16, 90),
+        background_elevation: tuple[float, float] = (-0.5, 0.8),
     ):
         super().__init__()
         if field_resolution is not None and (len(field_resolution) != 3 or min(field_resolution) < 3):
@@ -251,7 +267,18 @@ class SDFOcc(OccupancyModel):
         self.ray_sampling = ray_sampling
         self.cos_anneal_steps = cos_anneal_steps
         self.free_space_margin = free_space_margin
-        check_choice("SDFOcc", "background", background, ("none", "box_exit", "horizon"))
+        check_choice("SDFOcc", "background", background, ("none", "box_exit", "horizon", "learned"))
+        if background == "learned":
+            if background_bins < 2 or len(background_map_hw) != 2 or min(background_map_hw) < 1:
+                raise ValueError(f"SDFOcc: background 'learned' needs background_bins >= 2 and a background_map_hw of "
+                                 f"2 sizes >= 1, got {background_bins}, {background_map_hw}")
+            if not background_far > 0 or not background_elevation[0] < background_elevation[1]:
+                raise ValueError(f"SDFOcc: need background_far > 0 and background_elevation (low, high) with low < high, "
+                                 f"got {background_far}, {background_elevation}")
+            # Logits of the background distance bins per direction (bins x elevation x azimuth).
+            self.background_logits = nn.Parameter(torch.zeros(1, background_bins, *background_map_hw))
+        self.background_far = float(background_far)
+        self.background_elevation = (float(background_elevation[0]), float(background_elevation[1]))
         if sharpness_ramp is not None:
             if len(sharpness_ramp) != 3 or not 0 < sharpness_ramp[0] <= sharpness_ramp[1] or sharpness_ramp[2] < 1:
                 raise ValueError(f"SDFOcc: sharpness_ramp must be (s_start > 0, s_end >= s_start, steps >= 1), got {sharpness_ramp}")
@@ -384,11 +411,16 @@ class SDFOcc(OccupancyModel):
                 exit_xy = (rays.origins + rays.directions * ray_far[..., None])[..., :2]
                 side = ((exit_xy - lower[:2]).abs() < 1e-3).any(-1) | ((exit_xy - upper[:2]).abs() < 1e-3).any(-1)
                 t_bg = torch.where(side, torch.full_like(ray_far, self.far), ray_far)
-            dist = torch.stack([o.dist for o in outputs]).reshape(batch, views, R) + leftover * t_bg
-            exit_points = rays.origins + rays.directions * t_bg[..., None]
-            points = torch.cat([points, exit_points[..., None, :]], dim=-2)
-            weights = torch.cat([weights, leftover[..., None]], dim=-1)
-            sample_sdf = torch.cat([sample_sdf, torch.full_like(sample_sdf[..., :1], rep.outside_sdf)], dim=-1)
+            if self.background == "learned":
+                t_bg, share = self._background_bins(rays.directions, ray_far)  # [B V R K] each
+            else:
+                t_bg, share = t_bg[..., None], torch.ones_like(t_bg[..., None])
+            bg_weights = leftover[..., None] * share
+            dist = torch.stack([o.dist for o in outputs]).reshape(batch, views, R) + (bg_weights * t_bg).sum(-1)
+            exit_points = rays.origins[..., None, :] + rays.directions[..., None, :] * t_bg[..., None]
+            points = torch.cat([points, exit_points], dim=-2)
+            weights = torch.cat([weights, bg_weights], dim=-1)
+            sample_sdf = torch.cat([sample_sdf, torch.full_like(sample_sdf[..., :1], rep.outside_sdf).expand(*sample_sdf.shape[:-1], t_bg.shape[-1])], dim=-1)
             if rep.rgb and feats.shape[-1] >= 3:
                 bg = torch.cat([torch.sigmoid(self.background_rgb), feats.new_zeros(feats.shape[-1] - 3)])
                 feats = feats + leftover[..., None] * bg
@@ -413,6 +445,30 @@ class SDFOcc(OccupancyModel):
             sample_weights=weights,
             extras=extras,
         )
+
+    def _background_bins(
+        self, directions: Float[Tensor, "B V R 3"], t_exit: Float[Tensor, "B V R"]
+    ) -> tuple[Float[Tensor, "B V R K"], Float[Tensor, "B V R K"]]:
+        """Distances (metres along the ray) of the "learned" background's bins and each
+        bin's share of the leftover transmittance (softmax of the direction's logits)."""
+        K, (Hm, Wm) = self.background_logits.shape[1], self.background_logits.shape[-2:]
+        d = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        azimuth = torch.atan2(d[..., 1], d[..., 0])
+        elevation = torch.asin(d[..., 2].clamp(-1.0, 1.0))
+        lo, hi = self.background_elevation
+        # One wrapped column on each side, so azimuth +-pi meet (align_corners=False).
+        logits = self.background_logits
+        logits = torch.cat([logits[..., -1:], logits, logits[..., :1]], dim=-1)
+        gx = azimuth / math.pi * Wm / (Wm + 2)
+        gy = 2.0 * (elevation - lo) / (hi - lo) - 1.0
+        where = torch.stack([gx, gy], dim=-1).reshape(1, 1, -1, 2)
+        read = F.grid_sample(logits, where, mode="bilinear", padding_mode="border", align_corners=False)
+        share = torch.softmax(read[0, :, 0].T, dim=-1).reshape(*t_exit.shape, K)
+        t0 = t_exit.clamp_min(1e-3)
+        t1 = torch.maximum(torch.full_like(t0, self.background_far), t0)
+        u = torch.linspace(0.0, 1.0, K, device=t0.device, dtype=t0.dtype)
+        t_bins = 1.0 / ((1.0 - u) / t0[..., None] + u / t1[..., None])
+        return t_bins, share
 
     def regularizers(self, scene: TPVScene, views: list[RenderedViews]) -> dict[str, Tensor]:
         """"eikonal" at the rendered samples (when gradients were computed) and "hessian",

@@ -274,6 +274,57 @@ def test_box_exit_background_puts_the_leftover_transmittance_where_the_ray_leave
         _model(background="sphere")
 
 
+def test_learned_background_shares_the_leftover_among_bins_beyond_the_exit(batch):
+    # Ground-only field, "learned" background with equal logits: a sky ray renders the mean
+    # of its bins, which run uniformly in inverse distance from the box exit to
+    # background_far; the road is untouched.
+    model = _ground_model(background="learned", background_bins=4, background_far=100.0, background_map_hw=(4, 8))
+    h, w = 8, 14
+    K = batch.K[:, 0].clone()
+    K[..., :2, :] *= h / 64
+    T = batch.T_ego_cam[:, 0]
+    from selfsup.model_api import PixelGrid
+
+    grid = PixelGrid.make((h, w), (h, w), jitter=False)
+    scene = model.encode(batch)
+    with torch.no_grad():
+        views = model.render(scene, K, T, grid)
+        ref = _ground_model(background="box_exit").render(scene, K, T, grid)
+    sky = views.opacity < 0.01
+    ground = views.opacity > 0.999
+    assert sky.sum() > 10 and ground.sum() > 10
+    t_exit = views.extras["ray_far"][sky]
+    t1 = torch.maximum(torch.full_like(t_exit, 100.0), t_exit)
+    u = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])
+    expected = (1.0 / ((1 - u) / t_exit[:, None] + u / t1[:, None])).mean(-1)
+    torch.testing.assert_close(views.extras["dist"][sky], expected, rtol=0.01, atol=0.01)
+    torch.testing.assert_close(views.depth[ground], ref.depth[ground], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(views.sample_weights.sum(-1), torch.ones_like(views.opacity), rtol=0, atol=1e-4)
+    assert views.sample_points.shape[-2] == ref.sample_points.shape[-2] + 3
+    # The four bin samples of a sky ray lie on the ray at those distances.
+    o = views.sample_points[..., -4:, :][sky]
+    assert torch.all(o.diff(dim=-2).norm(dim=-1) > 0)
+    # Logits favouring the farthest bin everywhere push sky rays towards background_far,
+    # and the photometric-style gradient reaches the logits through the weights only.
+    with torch.no_grad():
+        model.background_logits[:, -1] = 20.0
+        far_views = model.render(scene, K, T, grid)
+    torch.testing.assert_close(far_views.extras["dist"][sky], t1, rtol=0.01, atol=0.01)
+    model.background_logits.grad = None
+    model.render(scene, K, T, grid).sample_weights[..., -4:].mul(torch.arange(4.0)).sum().backward()
+    assert model.background_logits.grad is not None and model.background_logits.grad.abs().sum() > 0
+    # Azimuth wraps: directions just either side of -x read the same logits.
+    with torch.no_grad():
+        model.background_logits.normal_()
+        eps = 1e-4
+        d = torch.tensor([[math.cos(math.pi - eps), math.sin(math.pi - eps), 0.1],
+                          [math.cos(math.pi - eps), -math.sin(math.pi - eps), 0.1]]).reshape(1, 1, 2, 3)
+        _, share = model._background_bins(d, torch.full((1, 1, 2), 40.0))
+    torch.testing.assert_close(share[0, 0, 0], share[0, 0, 1], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="background_bins"):
+        _model(background="learned", background_bins=1)
+
+
 def test_free_space_loss_is_zero_for_a_true_sdf_and_penalises_matter_the_ray_passes():
     from render.volume import neus_alpha, weights_from_alpha
     from selfsup.losses import free_space_loss

@@ -319,13 +319,15 @@ class OccupancyModel(nn.Module, ABC):
     Subclass attributes used by the shared code: ``encoder`` (``encoder.backbone`` gets the
     backbone lr multiplier), ``train_grid_hw`` (rays per camera, None = the image size),
     ``train_jitter`` (jitter the rays in training mode), ``train_frames`` ("current": frame
-    0 only; "all": every frame of the batch at its time offset), ``min_opacity``
+    0 only; "all": every frame of the batch at its time offset; "random": one frame per
+    step, drawn uniformly from the batch's frames in training mode, frame 0 otherwise),
+    ``min_opacity``
     (``render_depth`` threshold).
     """
 
     train_grid_hw: tuple[int, int] | None = None
     train_jitter: bool = False
-    train_frames: Literal["current", "all"] = "current"
+    train_frames: Literal["current", "all", "random"] = "current"
     min_opacity: float = 0.05
 
     # ------------------------------------------------------------------ the stages
@@ -405,14 +407,23 @@ class OccupancyModel(nn.Module, ABC):
         self.loss_weights = weights
 
     # ------------------------------------------------------------------ shared training
+    def training_grid(self, image_hw: tuple[int, int], device: torch.device | str) -> PixelGrid:
+        """The pixels of this step's training rays: a ``train_grid_hw`` grid over the image,
+        jittered per cell in training mode if ``train_jitter`` (models may override)."""
+        return PixelGrid.make(image_hw, self.train_grid_hw, self.train_jitter and self.training, device)
+
     def training_views(self, scene: Scene, batch: Frames) -> list[RenderedViews]:
         """Render the training rays: one :class:`RenderedViews` per frame of
-        ``train_frames``, on a ``train_grid_hw`` grid (jittered in training mode if
-        ``train_jitter``), cameras posed in the current ego frame, at each frame's time
-        offset."""
+        ``train_frames``, at the pixels of :meth:`training_grid`, cameras posed in the current
+        ego frame, at each frame's time offset."""
         B, T, V, _, H, W = batch.images.shape
-        grid = PixelGrid.make((H, W), self.train_grid_hw, self.train_jitter and self.training, batch.images.device)
-        frames = [0] if self.train_frames == "current" else list(range(T))
+        grid = self.training_grid((H, W), batch.images.device)
+        if self.train_frames == "all":
+            frames = list(range(T))
+        elif self.train_frames == "random" and self.training and T > 1:
+            frames = [int(torch.randint(T, ()))]
+        else:
+            frames = [0]
         T_ego0_cam = batch.T_ego0_cam() if T > 1 and frames != [0] else None
         dt = (batch.timestamps - batch.timestamps[:, :1]).float()
         views = []

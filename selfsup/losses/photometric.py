@@ -112,15 +112,16 @@ def rgb_loss(
 
 
 def reprojection_loss(
-    sample_colours: Float[Tensor, "M N S 3 H W"],
-    sample_weights: Float[Tensor, "N S H W"],
-    sample_in_view: Bool[Tensor, "M N S H W"],
+    sample_colours: Float[Tensor, "M N H W S 3"],
+    sample_weights: Float[Tensor, "N H W S"],
+    sample_in_view: Bool[Tensor, "M N H W S"],
     target: Float[Tensor, "N 3 H W"],
-    identity: Float[Tensor, "M N 3 H W"] | None = None,
+    identity: Float[Tensor, "I N 3 H W"] | None = None,
     mask: Bool[Tensor, "N H W"] | None = None,
     min_in_view: float = 0.5,
     source_valid: Bool[Tensor, "M N"] | None = None,
     reduction: str = "min",
+    identity_valid: Bool[Tensor, "I N"] | None = None,
 ) -> Float[Tensor, ""]:
     """Multi-view reprojection loss of rendered sample points, minimum (or mean) over sources.
 
@@ -142,19 +143,27 @@ def reprojection_loss(
     ``min_m e_m < min_m pe(I_m, I_t)`` (static pixels, e.g. a car moving with the ego car,
     are masked). The loss is the mean over counted pixels, 0 if none.
 
+    Layout: ray-major, samples last (``sample_image``'s output reshaped, no copy). The
+    loss is :func:`source_error` per source combined by :func:`combine_source_errors`.
+
     Args:
-        sample_colours: ``c_i^m`` for source m, camera/image n, sample i, on the ray grid.
+        sample_colours: ``c_i^m`` for source m, camera/image n, ray (row, column) of the ray
+            grid, sample i.
         sample_weights: rendering weights ``w_i`` of the target rays.
         sample_in_view: the sample projects in front of and inside source image m.
         target: target colours ``I_t`` at the rays.
         identity: source images read at the target rays' pixels (no warping), for
-            auto-masking; ``None`` disables auto-masking.
+            auto-masking; ``None`` disables auto-masking. Its count ``I`` may differ from
+            ``M``: with cross-camera sources only the same camera's other frames have a
+            meaningful unwarped error, and they come first among the ``M`` sources.
         mask: pixels that may count at all (``Frames.valid_masks``: not the ego car).
         min_in_view: minimum in-view weight fraction for a source to count at a pixel.
         source_valid: sources that exist for each image (a neighbour clamped to the current
             frame at a sequence end is no source: it would auto-mask every pixel); ``None``
             = all.
         reduction: "min" or "mean" over sources (see above).
+        identity_valid: which identity images exist per target (``None``: the first ``I``
+            rows of ``source_valid``, or all).
 
     Raises:
         ValueError: if the shapes disagree.
@@ -165,21 +174,68 @@ def reprojection_loss(
     Deliberate difference: the weights are normalised by the opacity so the loss cannot be
     lowered by making rays transparent.
     """
-    if reduction not in ("min", "mean"):
-        raise ValueError(f"reprojection_loss: reduction must be 'min' or 'mean', got {reduction!r}")
-    m, n, s = sample_colours.shape[:3]
-    if sample_weights.shape != (n, s, *target.shape[-2:]) or target.shape[:2] != (n, 3):
+    m, n, h, w_, s = sample_colours.shape[:5]
+    if sample_weights.shape != (n, h, w_, s) or target.shape != (n, 3, h, w_):
         raise ValueError(
             f"reprojection_loss: sample_weights {tuple(sample_weights.shape)} / target {tuple(target.shape)} "
             f"do not fit sample_colours {tuple(sample_colours.shape)}"
         )
-    w = sample_weights / sample_weights.sum(dim=1, keepdim=True).clamp_min(1e-6)  # [N S H W]
-    w = w[None, :, :, None]  # [1 N S 1 H W]
-    warped = (w * sample_colours).sum(dim=2)  # [M N 3 H W]
-    l1 = (w * (sample_colours - target[None, :, None]).abs()).sum(dim=2).mean(dim=2)  # [M N H W]
-    ssim = ssim_dissimilarity(warped.flatten(0, 1), target.repeat(m, 1, 1, 1)).mean(dim=1).unflatten(0, (m, n))
-    errors = SSIM_WEIGHT * ssim + (1 - SSIM_WEIGHT) * l1  # [M N H W]
-    in_view = (w.squeeze(3) * sample_in_view).sum(dim=2) >= min_in_view  # [M N H W]
+    w = normalised_weights(sample_weights)
+    pairs = [source_error(sample_colours[k], w, sample_in_view[k], target, min_in_view) for k in range(m)]
+    return combine_source_errors(
+        torch.stack([e for e, _ in pairs]), torch.stack([v for _, v in pairs]), target, identity, mask, source_valid,
+        reduction, identity_valid,
+    )
+
+
+def normalised_weights(sample_weights: Float[Tensor, "N H W S"]) -> Float[Tensor, "N H W S"]:
+    """Rendering weights divided by the ray opacity, ``w~_i = w_i / max(sum_j w_j, 1e-6)``."""
+    return sample_weights / sample_weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def source_error(
+    sample_colours: Float[Tensor, "N H W S 3"],
+    weights: Float[Tensor, "N H W S"],
+    sample_in_view: Bool[Tensor, "N H W S"],
+    target: Float[Tensor, "N 3 H W"],
+    min_in_view: float = 0.5,
+) -> tuple[Float[Tensor, "N H W"], Bool[Tensor, "N H W"]]:
+    """One source's reprojection error per ray and whether it counts (see
+    :func:`reprojection_loss`): ``e = 0.85 (1 - SSIM(sum_i w~_i c_i, I)) / 2 + 0.15 sum_i
+    w~_i |c_i - I|`` with ``weights = w~`` (:func:`normalised_weights`), and whether at least
+    ``min_in_view`` of the weight lands inside the source image.
+
+    The sums over samples are batched products on the ray-major layout (measured 2.2x
+    faster than reducing a samples axis in the middle of ``[M N S 3 H W]``); one source at a
+    time keeps the temporaries small."""
+    warped = torch.einsum("nhwsc,nhws->nchw", sample_colours, weights)  # [N 3 H W]
+    # Per-sample L1, channel-averaged: |c_i - I| carries no gradient unless the colours do.
+    sample_l1 = (sample_colours - target.permute(0, 2, 3, 1)[:, :, :, None, :]).abs().mean(dim=-1)
+    l1 = torch.einsum("nhws,nhws->nhw", sample_l1, weights)
+    ssim = ssim_dissimilarity(warped, target).mean(dim=1)
+    in_view = torch.einsum("nhws,nhws->nhw", sample_in_view.to(weights.dtype), weights.detach()) >= min_in_view
+    return SSIM_WEIGHT * ssim + (1 - SSIM_WEIGHT) * l1, in_view
+
+
+def combine_source_errors(
+    errors: Float[Tensor, "M N H W"],
+    in_view: Bool[Tensor, "M N H W"],
+    target: Float[Tensor, "N 3 H W"],
+    identity: Float[Tensor, "I N 3 H W"] | None = None,
+    mask: Bool[Tensor, "N H W"] | None = None,
+    source_valid: Bool[Tensor, "M N"] | None = None,
+    reduction: str = "min",
+    identity_valid: Bool[Tensor, "I N"] | None = None,
+) -> Float[Tensor, ""]:
+    """The minimum (or mean) over sources of per-source errors (:func:`source_error`), with
+    auto-masking and the pixel mask; see :func:`reprojection_loss` for the arguments.
+
+    Raises:
+        ValueError: an unknown ``reduction``, or ``identity`` that does not fit.
+    """
+    if reduction not in ("min", "mean"):
+        raise ValueError(f"reprojection_loss: reduction must be 'min' or 'mean', got {reduction!r}")
+    m, n = errors.shape[:2]
     if source_valid is not None:
         in_view = in_view & source_valid[:, :, None, None]
     keep = in_view.any(dim=0)
@@ -190,14 +246,19 @@ def reprojection_loss(
         # A source that sees too little of the ray must never win the minimum.
         best, _ = torch.where(in_view, errors, torch.full_like(errors, 1e3)).min(dim=0)
     if identity is not None:
-        id_err = photometric_error(identity.flatten(0, 1), target.repeat(m, 1, 1, 1)).unflatten(0, (m, n))
+        n_id = identity.shape[0]
+        if n_id > m or identity.shape[1:] != (n, 3, *target.shape[-2:]):
+            raise ValueError(f"reprojection_loss: identity {tuple(identity.shape)} does not fit {m} sources of target "
+                             f"{tuple(target.shape)}")
+        if identity_valid is None:
+            identity_valid = source_valid[:n_id] if source_valid is not None else None
+        id_err = photometric_error(identity.flatten(0, 1), target.repeat(n_id, 1, 1, 1)).unflatten(0, (n_id, n))
+        ok = (identity_valid[:, :, None, None].expand_as(id_err) if identity_valid is not None
+              else torch.ones_like(id_err, dtype=torch.bool))
         if reduction == "mean":
-            ok = source_valid[:, :, None, None].expand_as(id_err) if source_valid is not None else torch.ones_like(in_view)
             id_ref = torch.where(ok, id_err, torch.zeros_like(id_err)).sum(dim=0) / ok.sum(dim=0).clamp_min(1)
         else:
-            if source_valid is not None:
-                id_err = torch.where(source_valid[:, :, None, None], id_err, torch.full_like(id_err, float("inf")))
-            id_ref = id_err.min(dim=0).values
+            id_ref = torch.where(ok, id_err, torch.full_like(id_err, float("inf"))).min(dim=0).values
         keep = keep & (best < id_ref)
     if mask is not None:
         keep = keep & mask

@@ -62,12 +62,37 @@ def hessian_loss(
     return masked_mean(second.abs().sum(dim=-1), mask)
 
 
-def _central(f: Tensor, axis: int, h: float) -> Tensor:
+Spacing = tuple[float | Tensor, float | Tensor, float | Tensor]  # per axis: cell edge, or centre coordinates
+
+
+def _along(x: Tensor, f: Tensor, d: int) -> Tensor:
+    """A 1-D tensor shaped to broadcast along dim ``d`` of ``f``."""
+    return x.to(f.dtype).reshape([-1 if i == d else 1 for i in range(f.ndim)])
+
+
+def _central(f: Tensor, axis: int, h: float | Tensor) -> Tensor:
     """Central difference ``(f[i+1] - f[i-1]) / 2h`` along a spatial axis (0, 1, 2 of the
-    trailing three dims), interior cells only along that axis."""
+    trailing three dims), interior cells only along that axis; with ``h`` the cell centres'
+    coordinates along the axis (irregular cells), ``(f[i+1] - f[i-1]) / (x[i+1] - x[i-1])``."""
     d = f.ndim - 3 + axis
     n = f.shape[d]
-    return (f.narrow(d, 2, n - 2) - f.narrow(d, 0, n - 2)) / (2.0 * h)
+    diff = f.narrow(d, 2, n - 2) - f.narrow(d, 0, n - 2)
+    if isinstance(h, Tensor):
+        return diff / _along(h[2:] - h[:-2], f, d)
+    return diff / (2.0 * h)
+
+
+def _second(f: Tensor, axis: int, h: float | Tensor) -> Tensor:
+    """Second difference along a spatial axis on its interior cells: ``(f[i+1] - 2 f[i] +
+    f[i-1]) / h^2``, or for irregular centres ``x`` the three-point formula ``2 ((f[i+1] -
+    f[i]) / h+ - (f[i] - f[i-1]) / h-) / (h+ + h-)``."""
+    d = f.ndim - 3 + axis
+    n = f.shape[d]
+    prev, mid, nxt = f.narrow(d, 0, n - 2), f.narrow(d, 1, n - 2), f.narrow(d, 2, n - 2)
+    if isinstance(h, Tensor):
+        h_minus, h_plus = _along(h[1:-1] - h[:-2], f, d), _along(h[2:] - h[1:-1], f, d)
+        return 2.0 * ((nxt - mid) / h_plus - (mid - prev) / h_minus) / (h_plus + h_minus)
+    return (nxt - 2 * mid + prev) / h**2
 
 
 def _interior(f: Tensor, axes: tuple[int, ...]) -> Tensor:
@@ -78,9 +103,11 @@ def _interior(f: Tensor, axes: tuple[int, ...]) -> Tensor:
     return f
 
 
-def grid_gradient(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, float, float]) -> Float[Tensor, "*b 3 x y z"]:
+def grid_gradient(sdf: Float[Tensor, "*b X Y Z"], spacing: Spacing) -> Float[Tensor, "*b 3 x y z"]:
     """Central-difference gradient of a cell-centred grid on its interior cells
-    (``x = X - 2`` etc.), metres / metre.
+    (``x = X - 2`` etc.), metres / metre. ``spacing`` per axis: the cell edge (metres), or
+    the cell centres' coordinates along the axis (metres, irregular cells, e.g. a
+    ``render.grid.BoxWarp``'s shell); the same for the grid losses below.
 
     Raises:
         ValueError: if an axis has fewer than 3 cells.
@@ -91,22 +118,30 @@ def grid_gradient(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, float, f
     return torch.stack(parts, dim=-4)
 
 
-def grid_eikonal_loss(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, float, float]) -> Float[Tensor, ""]:
+def grid_eikonal_loss(sdf: Float[Tensor, "*b X Y Z"], spacing: Spacing) -> Float[Tensor, ""]:
     """Eikonal loss on a dense grid: ``mean((|grad f| - 1)^2)`` over the interior cells, the
     gradient by central differences (no double backward).
 
     Source: IGR (Gropp et al. 2020) eq. 2; SelfOcc (Huang et al. 2024) applies its eikonal
     term (weight 0.1) to finite differences of the decoded grid.
     """
-    g = grid_gradient(sdf, spacing)
-    return ((g.norm(dim=-4) - 1.0) ** 2).mean()
+    if min(sdf.shape[-3:]) < 3:
+        raise ValueError(f"grid_eikonal_loss: need >= 3 cells per axis, got {tuple(sdf.shape[-3:])}")
+    # |grad f| from the three differences directly: stacking them and taking
+    # torch.linalg.vector_norm over the stacked dim measured 16x slower on CPU (48 vs 3 ms,
+    # forward and backward, 116 x 116 x 20 cells). The clamp keeps the gradient of a flat
+    # cell (|grad f| = 0) at 0 where sqrt's would be infinite.
+    parts = [_interior(_central(sdf, k, spacing[k]), tuple(a for a in range(3) if a != k)) for k in range(3)]
+    length = (parts[0].square() + parts[1].square() + parts[2].square()).clamp_min(1e-20).sqrt()
+    return ((length - 1.0) ** 2).mean()
 
 
-def grid_hessian_loss(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, float, float]) -> Float[Tensor, ""]:
+def grid_hessian_loss(sdf: Float[Tensor, "*b X Y Z"], spacing: Spacing) -> Float[Tensor, ""]:
     """Second-order smoothness on a dense grid: the mean absolute value of all 9 entries of
     the finite-difference Hessian over the interior cells.
 
-    Diagonal entries ``(f[i+1] - 2 f[i] + f[i-1]) / h^2``; mixed entries by central
+    Diagonal entries ``(f[i+1] - 2 f[i] + f[i-1]) / h^2`` (irregular cells: the three-point
+    formula of :func:`_second`); mixed entries by central
     differences of central differences, ``(f[+,+] - f[+,-] - f[-,+] + f[-,-]) / (4 h_a h_b)``,
     each counted twice (the Hessian is symmetric). Exactly 0 for a field linear in x.
 
@@ -117,9 +152,7 @@ def grid_hessian_loss(sdf: Float[Tensor, "*b X Y Z"], spacing: tuple[float, floa
         raise ValueError(f"grid_hessian_loss: need >= 3 cells per axis, got {tuple(sdf.shape[-3:])}")
     total = 0.0
     for k in range(3):
-        d = sdf.ndim - 3 + k
-        n = sdf.shape[d]
-        second = (sdf.narrow(d, 2, n - 2) - 2 * sdf.narrow(d, 1, n - 2) + sdf.narrow(d, 0, n - 2)) / spacing[k] ** 2
+        second = _second(sdf, k, spacing[k])
         total = total + _interior(second, tuple(a for a in range(3) if a != k)).abs().mean()
     for a in range(3):
         for b in range(a + 1, 3):

@@ -31,8 +31,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from render.grid import GridField, grid_spacing, sample_grid
-from render.rays import jittered_pixel_grid, pixel_rays, ray_aabb, rays_in_box, strided_pixel_grid
+from render.grid import GridField, grid_spacing
+from render.rays import jittered_pixel_grid, patch_pixel_grid, pixel_rays, ray_aabb, rays_in_box, strided_pixel_grid
 from render.volume import FieldSamples, NeuSRenderer
 from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
@@ -130,8 +130,12 @@ class SDFOcc(OccupancyModel):
             weights a randomly initialised encoder is a fixed random feature extractor and
             the planes and decoder learn the scene; the lifted features are then computed
             once per batch content and reused.
-        ray_sampling: "jitter" (one ray per grid cell, uniform in the cell) or "strided"
-            (SelfOcc: ``render.rays.strided_pixel_grid``).
+        ray_sampling: "jitter" (one ray per grid cell, uniform in the cell), "strided"
+            (SelfOcc: ``render.rays.strided_pixel_grid``) or "patch" (``patch_size`` x
+            ``patch_size`` tiles of pixels ``patch_stride`` apart, one per cell at a random
+            place: ``render.rays.patch_pixel_grid``), so that the photometric SSIM compares
+            neighbouring pixels instead of rays a cell apart. Not in SelfOcc.
+        patch_size, patch_stride: of ``ray_sampling="patch"``.
         cos_anneal_steps: NeuS cosine anneal ratio ramped 0 -> 1 over this many training
             steps (SelfOcc: 5000); 0 = ratio 1 throughout.
         photometric_reduction: "min" (monodepth2; SelfOcc's KITTI configs) or "mean"
@@ -159,13 +163,22 @@ class SDFOcc(OccupancyModel):
             reduced to a per-direction distance distribution). Only the weights carry
             gradient (as for the field's samples), so the photometric error of each bin's
             reprojection picks the distance of structure beyond the box; logits start at 0
-            (all bins equal).
+            (all bins equal). A ray that leaves through the bottom of the box stops at the
+            exit (first bin) whatever the logits: it passed through the ground, and bins
+            beyond would let a transparent road take any distance.
         sharpness_ramp: ``(s_start, s_end, steps)``: a lower bound on the NeuS sharpness
             that rises geometrically from ``s_start`` to ``s_end`` (1 / metre) over the first
             ``steps`` training steps (``NeuSRenderer.min_inv_s``); the learned ``s`` may exceed
             it. A wide kernel early lets the photometric gradient reach surfaces metres
             away; the rising bound then forces a sharp surface whose zero level set is the
             rendered one. ``None`` (SelfOcc): ``s`` is learned freely.
+        train_frames: "current" (SelfOcc's default): training rays come from the current
+            frame's cameras only; "all": from every frame of the batch (the field is static;
+            each frame's rays are reprojected into the others); "random": from one frame per
+            step, drawn uniformly (SelfOcc renders from a neighbouring frame part of the time).
+        spatial_sources: cameras beside each camera that also serve as photometric sources,
+            at every frame of the batch (``selfsup.objectives.photometric_objective``); 0 =
+            the same camera's other frames only (SelfOcc).
 
     Raises:
         ValueError: unknown loss names, negative weights, a depth weight without a depth
@@ -176,7 +189,6 @@ class SDFOcc(OccupancyModel):
     """
 
     train_jitter = True
-    train_frames = "current"
 
     def __init__(
         self,
@@ -198,7 +210,7 @@ class SDFOcc(OccupancyModel):
         search_near: float = 1.0,
         search_patch: int = 5,
         train_encoder: bool = True,
-        ray_sampling: Literal["jitter", "strided"] = "jitter",
+        ray_sampling: Literal["jitter", "strided", "patch"] = "jitter",
         cos_anneal_steps: int = 0,
         photometric_reduction: Literal["min", "mean"] = "min",
         free_space_margin: float = 0.0,
@@ -208,13 +220,21 @@ class SDFOcc(OccupancyModel):
         background_far: float = 100.0,
         background_map_hw: tuple[int, int] = (16, 90),
         background_elevation: tuple[float, float] = (-0.5, 0.8),
+        train_frames: Literal["current", "all", "random"] = "current",
+        spatial_sources: int = 0,
+        patch_size: int = 4,
+        patch_stride: float = 1.0,
     ):
         super().__init__()
         if field_resolution is not None and (len(field_resolution) != 3 or min(field_resolution) < 3):
             raise ValueError(f"SDFOcc: field_resolution must be 3 sizes >= 3, got {field_resolution}")
         if (loss_weights or {}).get("search", 0) > 0 and search_candidates < 2:
             raise ValueError("SDFOcc: loss_weights['search'] > 0 needs search_candidates >= 2")
-        check_choice("SDFOcc", "ray_sampling", ray_sampling, ("jitter", "strided"))
+        check_choice("SDFOcc", "ray_sampling", ray_sampling, ("jitter", "strided", "patch"))
+        check_choice("SDFOcc", "train_frames", train_frames, ("current", "all", "random"))
+        if ray_sampling == "patch" and (patch_size < 1 or rays_hw[0] % patch_size or rays_hw[1] % patch_size):
+            raise ValueError(f"SDFOcc: ray_sampling='patch' needs rays_hw {tuple(rays_hw)} in multiples of "
+                             f"patch_size={patch_size}")
         if cos_anneal_steps < 0:
             raise ValueError(f"SDFOcc: cos_anneal_steps must be >= 0, got {cos_anneal_steps}")
         check_choice("SDFOcc", "photometric_reduction", photometric_reduction, ("min", "mean"))
@@ -229,7 +249,8 @@ class SDFOcc(OccupancyModel):
                 f"SDFOcc: encoder gives {encoder.out_channels} channels, representation expects {feat_channels}"
             )
         defaults: dict[str, Callable] = {
-            "photometric": functools.partial(photometric_objective, reduction=photometric_reduction),
+            "photometric": functools.partial(
+                photometric_objective, reduction=photometric_reduction, spatial_sources=spatial_sources),
             "rgb": rgb_objective,
             "semantic": semantic_objective,
             "search": self._search_objective,
@@ -265,6 +286,9 @@ class SDFOcc(OccupancyModel):
         if not train_encoder:
             self.encoder.requires_grad_(False)
         self.ray_sampling = ray_sampling
+        self.train_frames = train_frames
+        self.patch_size = patch_size
+        self.patch_stride = float(patch_stride)
         self.cos_anneal_steps = cos_anneal_steps
         self.free_space_margin = free_space_margin
         check_choice("SDFOcc", "background", background, ("none", "box_exit", "horizon", "learned"))
@@ -345,9 +369,10 @@ class SDFOcc(OccupancyModel):
         batch = scene.planes.xy.shape[0]
         if scene.sdf_grid is None:
             return [self._field(scene.planes.select(b)) for b in range(batch)]
-        lower, upper = self.representation.grid.box(scene.sdf_grid.device)
+        rep = self.representation
+        lower, upper = rep.field_box.box(scene.sdf_grid.device)
         feats = scene.feature_grid if channels is None else scene.feature_grid[:, :channels]
-        return [GridField(scene.sdf_grid[b], feats[b], lower, upper, self.representation.outside_sdf) for b in range(batch)]
+        return [GridField(scene.sdf_grid[b], feats[b], lower, upper, rep.outside_sdf, rep.field_box) for b in range(batch)]
 
     def _field(self, planes: TPVPlanes) -> Callable[[Tensor], FieldSamples]:
         """The renderer's field callable for one batch element's planes (batch dim 1)."""
@@ -373,7 +398,7 @@ class SDFOcc(OccupancyModel):
         batch, views = K.shape[:2]
         R = grid.num_rays
         uv = grid.pixels.to(K.device)
-        lower, upper = self.representation.grid.box(uv.device)
+        lower, upper = self.representation.field_box.box(uv.device)
         rays, near, far = rays_in_box(K, T_ego_cam, uv.expand(batch, views, -1, -1), lower, upper, self.near, self.far)
         rep = self.representation
         if not features:
@@ -413,6 +438,12 @@ class SDFOcc(OccupancyModel):
                 t_bg = torch.where(side, torch.full_like(ray_far, self.far), ray_far)
             if self.background == "learned":
                 t_bg, share = self._background_bins(rays.directions, ray_far)  # [B V R K] each
+                # A ray leaving through the bottom of the box went through the ground: its
+                # leftover stops at the exit (bin 0), or a transparent road would let the
+                # bins beyond explain any colour.
+                exit_z = rays.origins[..., 2] + rays.directions[..., 2] * ray_far
+                bottom = (exit_z - lower[2]).abs() < 1e-3
+                share = torch.where(bottom[..., None], F.one_hot(torch.zeros_like(bottom, dtype=torch.long), share.shape[-1]).to(share.dtype), share)
             else:
                 t_bg, share = t_bg[..., None], torch.ones_like(t_bg[..., None])
             bg_weights = leftover[..., None] * share
@@ -484,7 +515,12 @@ class SDFOcc(OccupancyModel):
         """
         out: dict[str, Tensor] = {}
         if scene.sdf_grid is not None:
-            spacing = tuple(float(x) for x in grid_spacing(self.field_resolution, *self.representation.grid.box()))
+            rep = self.representation
+            if rep.field_box.has_shell:
+                # Irregular cells in metres: differences over the cell centres' coordinates.
+                spacing = tuple(rep._cell_centres(k, n) for k, n in enumerate(self.field_resolution))
+            else:
+                spacing = tuple(float(x) for x in grid_spacing(self.field_resolution, *rep.field_box.box()))
             out["eikonal"] = grid_eikonal_loss(scene.sdf_grid, spacing)
             out["hessian"] = grid_hessian_loss(scene.sdf_grid, spacing)
             if self.loss_weights.get("prior", 0) > 0:
@@ -498,7 +534,7 @@ class SDFOcc(OccupancyModel):
             out["eikonal"] = eikonal_loss(grads[0] if len(grads) == 1 else torch.cat([g.flatten(0, -2) for g in grads]))
         points = views[0].sample_points
         losses = []
-        lower, upper = self.representation.grid.box(points.device)
+        lower, upper = self.representation.field_box.box(points.device)
         for b in range(points.shape[0]):
             flat = points[b].reshape(-1, 3)
             idx = torch.randint(flat.shape[0], (min(self.hessian_points, flat.shape[0]),), device=flat.device)
@@ -528,13 +564,19 @@ class SDFOcc(OccupancyModel):
                 frac = min(1.0, float(self.train_step) / steps)
                 self.renderer.min_inv_s.fill_(s0 * (s1 / s0) ** frac)
             self.train_step += 1
+        return super().training_views(scene, batch)
+
+    def training_grid(self, image_hw: tuple[int, int], device: torch.device | str) -> PixelGrid:
+        """The ``rays_hw`` training pixels of ``ray_sampling``: jittered cells, SelfOcc's
+        strided sub-grid, or patches of neighbouring pixels."""
         if self.ray_sampling == "jitter":
-            return super().training_views(scene, batch)
-        H, W = batch.images.shape[-2:]
-        device = batch.images.device
-        pixels = strided_pixel_grid(H, W, *self.rays_hw, random=self.training, device=device)
-        grid = PixelGrid((H, W), self.rays_hw, pixels, self.training)
-        return [self.render(scene, batch.K[:, 0], batch.T_ego_cam[:, 0], grid)]
+            return super().training_grid(image_hw, device)
+        if self.ray_sampling == "strided":
+            pixels = strided_pixel_grid(*image_hw, *self.rays_hw, random=self.training, device=device)
+        else:
+            pixels = patch_pixel_grid(*image_hw, *self.rays_hw, self.patch_size, self.patch_stride,
+                                      jitter=self.training, device=device)
+        return PixelGrid(tuple(image_hw), self.rays_hw, pixels, self.training)
 
     def _free_space_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
         """``selfsup.losses.free_space_loss`` on the rendered rays: the samples a ray passes
@@ -569,7 +611,7 @@ class SDFOcc(OccupancyModel):
         device = batch.images.device
         uv = jittered_pixel_grid(H, W, H, W, jitter=False, device=device)
         rays = pixel_rays(batch.K[:, 0], batch.T_ego_cam[:, 0], uv.expand(B, V, -1, -1))
-        lower, upper = self.representation.grid.box(device)
+        lower, upper = self.representation.field_box.box(device)
         _, t_far, _ = ray_aabb(rays.origins, rays.directions, lower, upper)
         T_ego0_cam = batch.T_ego0_cam()
         candidates = inverse_depth_candidates(self.search_near, self.far, self.search_candidates, device=device)
@@ -600,13 +642,14 @@ class SDFOcc(OccupancyModel):
         out = []
         device = scene.planes.xy.device
         if scene.sdf_grid is not None:
-            lower, upper = rep.grid.box(device)
+            lower, upper = rep.field_box.box(device)
             for b in range(scene.sdf_grid.shape[0]):
-                volume = torch.cat([scene.sdf_grid[b][None], scene.feature_grid[b, 3 * rep.rgb :]], dim=0)
+                field = GridField(scene.sdf_grid[b], scene.feature_grid[b, 3 * rep.rgb :], lower, upper, rep.outside_sdf,
+                                  rep.field_box)
 
-                def lookup(xyz: Tensor, volume: Tensor = volume) -> tuple[Tensor, Tensor]:
-                    v = sample_grid(volume, lower, upper, xyz)
-                    return v[:, 0], v[:, 1:] if v.shape[1] > 1 else v.new_zeros(xyz.shape[0], 1)
+                def lookup(xyz: Tensor, field: GridField = field) -> tuple[Tensor, Tensor]:
+                    v = field(xyz)
+                    return v.sdf, v.features if v.features.shape[1] > 0 else v.sdf.new_zeros(xyz.shape[0], 1)
 
                 out.append(voxelize_field(lookup, rep.grid, self.sdf_threshold, device=device))
             return OccupancyPrediction(labels=torch.stack(out))

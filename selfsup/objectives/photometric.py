@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
-from jaxtyping import Bool
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 import torch
 
 from selfsup.data.frames import Frames
-from selfsup.losses.photometric import project_points, reprojection_loss, rgb_loss, sample_image
+from selfsup.losses.photometric import (
+    combine_source_errors,
+    normalised_weights,
+    project_points,
+    rgb_loss,
+    sample_image,
+    source_error,
+)
 from selfsup.model_api import RenderedViews
 
 
+def camera_neighbours(T_ego_cam: Float[Tensor, "B V 4 4"], k: int) -> Int[Tensor, "B V k"]:
+    """For every camera, the ``k`` other cameras whose optical axes (camera z in the ego
+    frame) make the smallest angles with its own: on a surround rig, the cameras beside it,
+    whose images overlap its own.
+
+    Raises:
+        ValueError: ``k`` outside ``[1, V - 1]``.
+    """
+    V = T_ego_cam.shape[-3]
+    if not 1 <= k <= V - 1:
+        raise ValueError(f"camera_neighbours: need 1 <= k <= {V - 1} (cameras - 1), got {k}")
+    axes = T_ego_cam[..., :3, 2]
+    cos = axes @ axes.transpose(-1, -2)  # [B V V]
+    cos = cos - 3.0 * torch.eye(V, device=cos.device, dtype=cos.dtype)  # never itself
+    return cos.topk(k, dim=-1).indices
+
+
 def photometric_objective(
-    views: RenderedViews, batch: Frames, mask: Bool[Tensor, "B V R"], reduction: str = "min"
+    views: RenderedViews, batch: Frames, mask: Bool[Tensor, "B V R"], reduction: str = "min",
+    spatial_sources: int = 0,
 ) -> Tensor | None:
-    """Reprojection loss of the rendered sample points into the other frames, auto-masked.
+    """Reprojection loss of the rendered sample points into the other frames (and, with
+    ``spatial_sources``, the neighbouring cameras), auto-masked.
 
     Every sample ``x_i`` (weight ``w_i``) of a ray of frame ``f = views.frame`` is projected
     into the same camera of every other frame ``m`` of the batch (``Frames.T_ego0_cam``:
@@ -26,21 +52,34 @@ def photometric_objective(
     nuScenes setting), where a ray counts if ``mask``, enough weight projects into a source, and
     ``min_m e_m < min_m pe(I_m, I_f)`` (auto-masking against the unwarped sources). A source
     whose frame offset equals frame f's (a neighbour clamped at a sequence end) never counts.
-    Exactly :func:`selfsup.losses.photometric.reprojection_loss` on the ray grid.
+    Exactly :func:`selfsup.losses.photometric.reprojection_loss` on the ray grid (computed
+    one source at a time).
+
+    With ``spatial_sources = k > 0`` the ``k`` cameras beside each camera
+    (:func:`camera_neighbours`) at every frame of the batch, the current one included, are
+    sources too (spatio-temporal reprojection; the scene is static). Their overlap with
+    the target camera fixes metric scale at the rig's baselines and gives parallax where
+    the ego motion gives little (along the optical axis of the front and rear cameras).
+    Only the same camera's other frames enter auto-masking (an unwarped neighbouring camera
+    says nothing about static pixels); where a sample lands outside a source image, that
+    source does not count for the ray (``min_in_view`` of the weight must land inside).
 
     Returns:
-        the loss, or ``None`` for a single-frame batch (no source).
+        the loss, or ``None`` for a single-frame batch without spatial sources (no source).
 
     Raises:
-        ValueError: the views have no ``sample_points`` / ``sample_weights`` (rasterisers).
+        ValueError: the views have no ``sample_points`` / ``sample_weights`` (rasterisers);
+            ``spatial_sources`` not below the number of cameras.
 
     Source: SelfOcc (Huang et al. 2024), Sec. 3.3; monodepth2 (Godard et al. 2019), eq. 1,
-    per-pixel minimum and auto-masking (eq. 5).
+    per-pixel minimum and auto-masking (eq. 5); spatial and spatio-temporal sources as in
+    surround-view self-supervised depth (SurroundDepth, Wei et al. 2022; VFDepth, Kim et
+    al. 2022).
     """
     if views.sample_points is None or views.sample_weights is None:
         raise ValueError("photometric_objective: the views carry no sample_points / sample_weights (a rasteriser?)")
     B, T, V = batch.images.shape[:3]
-    if T < 2:
+    if T < 2 and not spatial_sources:
         return None
     f = views.frame
     N = B * V
@@ -49,25 +88,35 @@ def photometric_objective(
     pixels = views.pixels.flatten(0, 1)  # [N R 2]
     target = views.grid(sample_image(batch.images[:, f].flatten(0, 1), pixels)[0].unflatten(0, (B, V)))
     pts = views.sample_points.reshape(N, -1, 3)
-    T_ego0_cam = batch.T_ego0_cam()
-    colours, in_view, identity, sources = [], [], [], []
-    for t in range(T):
-        if t == f:
-            continue
-        uv_src, _, in_front = project_points(pts, batch.K[:, t].flatten(0, 1), T_ego0_cam[:, t].flatten(0, 1))
-        src = batch.images[:, t].flatten(0, 1)
-        c, inside = sample_image(src, uv_src)  # [N R*S 3]
-        colours.append(c.reshape(N, rows, cols, S, 3).permute(0, 3, 4, 1, 2))
-        in_view.append((in_front & inside).reshape(N, rows, cols, S).permute(0, 3, 1, 2))
-        identity.append(views.grid(sample_image(src, pixels)[0].unflatten(0, (B, V))))
-        sources.append(t)
-    weights = views.grid(views.sample_weights)  # [N S rows cols]
+    T_ego0_cam = batch.T_ego0_cam() if T > 1 else batch.T_ego_cam
     offsets = batch.frame_offsets
-    source_valid = (offsets[:, sources] != offsets[:, f : f + 1]).T.repeat_interleave(V, dim=1)  # [M N]
-    valid = mask.reshape(N, rows, cols)
-    return reprojection_loss(
-        torch.stack(colours), weights, torch.stack(in_view), target, torch.stack(identity), valid,
-        source_valid=source_valid, reduction=reduction,
+    same_camera = torch.arange(V, device=pts.device).expand(B, V)
+    # (frame, camera index per target camera [B V], valid per target [B V]) of every source.
+    sources = [(t, same_camera, (offsets[:, t] != offsets[:, f])[:, None].expand(B, V)) for t in range(T) if t != f]
+    n_identity = len(sources)
+    if spatial_sources:
+        nbrs = camera_neighbours(T_ego0_cam[:, f], spatial_sources)
+        sources += [(t, nbrs[..., j], torch.ones(B, V, dtype=torch.bool, device=pts.device))
+                    for j in range(spatial_sources) for t in range(T)]
+    b_idx = torch.arange(B, device=pts.device)[:, None]
+    weights = normalised_weights(views.sample_weights.reshape(N, rows, cols, S))
+    errors, in_view, identity = [], [], []
+    for t, cams, _ in sources:
+        src = batch.images[:, t][b_idx, cams].flatten(0, 1)
+        with torch.no_grad():  # the sample points are detached: colours carry no gradient
+            uv_src, _, in_front = project_points(
+                pts, batch.K[:, t][b_idx, cams].flatten(0, 1), T_ego0_cam[:, t][b_idx, cams].flatten(0, 1))
+            c, inside = sample_image(src, uv_src)  # [N R*S 3]
+            if len(identity) < n_identity:
+                identity.append(views.grid(sample_image(src, pixels)[0].unflatten(0, (B, V))))
+        # One source at a time: no [M N rows cols S 3] stack of every source's colours.
+        e, ok = source_error(c.reshape(N, rows, cols, S, 3), weights, (in_front & inside).reshape(N, rows, cols, S), target)
+        errors.append(e)
+        in_view.append(ok)
+    source_valid = torch.stack([ok.reshape(N) for _, _, ok in sources])  # [M N]
+    return combine_source_errors(
+        torch.stack(errors), torch.stack(in_view), target, torch.stack(identity) if identity else None,
+        mask.reshape(N, rows, cols), source_valid=source_valid, reduction=reduction,
     )
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from render.grid import BoxWarp
 from selfsup.grid import OCC3D_GRID, VoxelGrid
 from selfsup.camera import sample_multiview_features
 from selfsup.representations.hash_grid import make_hash_encoding
@@ -88,6 +89,12 @@ class TriplaneSDF(nn.Module):
             "tcnn" (tinycudann, CUDA only, imported only when selected).
         hash_features, hash_log2_size, hash_base_resolution, hash_growth: features per
             level, log2 table size, coarsest resolution and per-level growth of that grid.
+        field_box: the box the field covers, as a :class:`render.grid.BoxWarp` whose inner
+            box is ``grid``'s: ``None`` = ``grid``'s box. With a shell, the planes, the
+            positional encoding, the hash grid and decoded grids are regular in the warp's
+            unit coordinates: as fine as without it inside ``grid`` and coarser around it,
+            so rendering sees far structure (trees and buildings beyond the Occ3D box's 40 m
+            and above its 5.4 m) while occupancy is still read on ``grid``. Not in SelfOcc.
 
     Raises:
         ValueError: on an unknown ``sdf_bias`` or a non-positive size.
@@ -123,6 +130,7 @@ class TriplaneSDF(nn.Module):
         hash_log2_size: int = 17,
         hash_base_resolution: int = 16,
         hash_growth: float = 1.5,
+        field_box: BoxWarp | None = None,
     ):
         super().__init__()
         if sdf_bias not in ("none", "ground", "ground_cylinder"):
@@ -147,7 +155,14 @@ class TriplaneSDF(nn.Module):
         self.bias_radius = bias_radius
         self.outside_sdf = outside_sdf
         self.sdf_scale = sdf_scale
-        lower, upper = grid.box()
+        if field_box is None:
+            field_box = BoxWarp(grid.lower, grid.upper)
+        if tuple(field_box.inner_lower) != tuple(grid.lower) or tuple(field_box.inner_upper) != tuple(grid.upper):
+            raise ValueError(f"TriplaneSDF: field_box's inner box {field_box.inner_lower}..{field_box.inner_upper} must be "
+                             f"the grid's {grid.lower}..{grid.upper}")
+        self.field_box = field_box
+        # The box the field covers (the grid's, or the field box's outer one), metres.
+        lower, upper = field_box.box()
         self.register_buffer("lower", lower, persistent=False)
         self.register_buffer("upper", upper, persistent=False)
 
@@ -194,6 +209,8 @@ class TriplaneSDF(nn.Module):
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
     def _cell_centres(self, axis: int, n: int) -> Tensor:
+        if self.field_box.has_shell:
+            return self.field_box.axis_centres(axis, n, self.lower.device, self.lower.dtype)
         lo, hi = self.lower[axis], self.upper[axis]
         return lo + (hi - lo) * (torch.arange(n, device=self.lower.device, dtype=self.lower.dtype) + 0.5) / n
 
@@ -314,7 +331,9 @@ class TriplaneSDF(nn.Module):
         return torch.cat([unit, torch.sin(angles), torch.cos(angles)], dim=-1)
 
     def _unit(self, xyz_ego: Tensor) -> Tensor:
-        """Points normalised to [-1, 1] over the box (grid_sample coordinates)."""
+        """Points normalised to [-1, 1] over the field's box (grid_sample coordinates)."""
+        if self.field_box.has_shell:
+            return self.field_box.to_unit(xyz_ego)
         return 2.0 * (xyz_ego - self.lower) / (self.upper - self.lower) - 1.0
 
     def _sdf_output(self, out: Tensor) -> Tensor:
@@ -403,11 +422,15 @@ class TriplaneSDF(nn.Module):
         xy = F.interpolate(planes.xy, size=(X, Y), mode="bilinear", align_corners=False)
         xz = F.interpolate(planes.xz, size=(X, Z), mode="bilinear", align_corners=False)
         yz = F.interpolate(planes.yz, size=(Y, Z), mode="bilinear", align_corners=False)
-        feat = xy[..., None] + xz[:, :, :, None, :] + yz[:, :, None, :, :]  # [B C X Y Z]
+        # Broadcast-summed channel-last ([B X Y Z C]): the backward's sums over the
+        # broadcast axes then read contiguous memory (measured 119 -> 79 ms for forward and
+        # backward of a 116 x 116 x 20 grid with the decoder's first layer).
+        feat = (xy.permute(0, 2, 3, 1)[:, :, :, None, :] + xz.permute(0, 2, 3, 1)[:, :, None, :, :]
+                + yz.permute(0, 2, 3, 1)[:, None])
         xyz = self.cell_centres(shape)
         B = feat.shape[0]
         unit = self._unit(xyz).expand(B, *xyz.shape)
-        inputs = self._decoder_input(feat.permute(0, 2, 3, 4, 1), unit, fixed=True)
+        inputs = self._decoder_input(feat, unit, fixed=True)
         out = self.decoder(inputs)  # [B X Y Z O]
         sdf = self.sdf_scale * self._sdf_output(out) + self.bias(xyz)
         parts = []

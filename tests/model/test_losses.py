@@ -58,9 +58,10 @@ def test_rgb_loss_ignores_masked_pixels():
 
 
 def _single_sample(warped):
-    """Reprojection inputs for one sample per ray with weight 1 (warped colours as given)."""
+    """Reprojection inputs for one sample per ray with weight 1 (warped colours ``[M N 3 H W]``
+    as given), in the loss's ray-major layout."""
     m, n, _, h, w = warped.shape
-    return warped[:, :, None], torch.ones(n, 1, h, w), torch.ones(m, n, 1, h, w, dtype=torch.bool)
+    return warped.permute(0, 1, 3, 4, 2)[:, :, :, :, None], torch.ones(n, h, w, 1), torch.ones(m, n, h, w, 1, dtype=torch.bool)
 
 
 def test_reprojection_takes_the_minimum_over_sources():
@@ -86,9 +87,9 @@ def test_reprojection_l1_is_weighted_by_normalised_rendering_weights():
     f64 = dict(dtype=torch.float64)
     target = torch.full((1, 3, 4, 4), 0.5, **f64)
     # Two samples per ray: colour 0.5 (right) with weight 0.3 and 0.9 with weight 0.1.
-    colours = torch.stack([torch.full((1, 3, 4, 4), 0.5, **f64), torch.full((1, 3, 4, 4), 0.9, **f64)], dim=1)[None]
-    weights = torch.stack([torch.full((1, 4, 4), 0.3, **f64), torch.full((1, 4, 4), 0.1, **f64)], dim=1)
-    in_view = torch.ones(1, 1, 2, 4, 4, dtype=torch.bool)
+    colours = torch.stack([torch.full((1, 4, 4, 3), 0.5, **f64), torch.full((1, 4, 4, 3), 0.9, **f64)], dim=-2)[None]
+    weights = torch.stack([torch.full((1, 4, 4), 0.3, **f64), torch.full((1, 4, 4), 0.1, **f64)], dim=-1)
+    in_view = torch.ones(1, 1, 4, 4, 2, dtype=torch.bool)
     warped = 0.75 * 0.5 + 0.25 * 0.9  # weights / opacity 0.4 = (0.75, 0.25)
     c1 = 0.01**2
     ssim = (2 * warped * 0.5 + c1) / (warped**2 + 0.25 + c1)
@@ -151,14 +152,12 @@ def test_reprojection_of_a_textured_plane_is_zero_at_the_true_depth():
         points = (rays * depth).reshape(1, -1, 3)  # one sample per ray at camera z = depth
         uv, _, in_front = project_points(points, K[None], T_src[None])
         colours, inside = sample_image(source, uv)
-        colours = colours.reshape(1, h, w, 3).permute(0, 3, 1, 2)
-        in_view = (in_front & inside).reshape(1, h, w)
+        colours = colours.reshape(1, h, w, 1, 3)
+        in_view = (in_front & inside).reshape(1, h, w, 1)
         # Ignore the border columns that the source camera cannot see.
         mask = torch.zeros(1, h, w, dtype=torch.bool)
         mask[..., 2:-12] = True
-        return reprojection_loss(
-            colours[None, :, None], torch.ones(1, 1, h, w), in_view[None, :, None], target, source[None], mask
-        )
+        return reprojection_loss(colours[None], torch.ones(1, h, w, 1), in_view[None], target, source[None], mask)
 
     right, wrong = loss_at(plane_depth), loss_at(0.6 * plane_depth)
     assert right < 5e-3

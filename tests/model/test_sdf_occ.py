@@ -386,3 +386,49 @@ def test_prior_regularizer_is_the_mean_squared_residual_from_the_analytic_prior(
         per_point = _model(loss_weights=dict(prior=1.0))
         per_point.train()
         per_point(batch)
+
+
+def test_field_box_renders_beyond_the_occupancy_grid_and_keeps_occupancy_on_it(batch):
+    # A field box reaching 80 m and 13.4 m: a ground-only field's rays that miss the road now
+    # leave at the outer box (the background there), the road beyond 40 m is rendered, the
+    # regularizers run on the irregular cells, and occupancy stays on the Occ3D grid.
+    from render.grid import BoxWarp
+    from selfsup.grid import OCC3D_GRID
+
+    warp = BoxWarp(OCC3D_GRID.lower, OCC3D_GRID.upper, (20, 20, 4), lower=(-80.0, -80.0, -1.0), upper=(80.0, 80.0, 13.4),
+                   shell_cells=((4, 4), (4, 4), (0, 2)))
+    rep = TriplaneSDF(feat_channels=16, plane_channels=8, hidden=16, resolution=(32, 32, 4), sdf_bias="ground",
+                      field_box=warp)
+    model = _silent(_model(representation=rep, renderer=NeuSRenderer(num_samples=512, init_variance=0.5, backend="torch"),
+                           far=120.0, background="box_exit", field_resolution=warp.shape,
+                           loss_weights={"prior": 1e-3})).eval()
+    h, w = 8, 14
+    K = batch.K[:, 0].clone()
+    K[..., :2, :] *= h / 64
+    T = batch.T_ego_cam[:, 0]
+    from selfsup.model_api import PixelGrid
+
+    grid = PixelGrid.make((h, w), (h, w), jitter=False)
+    scene = model.encode(batch)
+    with torch.no_grad():
+        views = model.render(scene, K, T, grid)
+    sky = views.opacity < 0.01
+    ground = views.opacity > 0.999
+    assert sky.sum() > 10 and ground.sum() > 10
+    exit_pts = views.sample_points[..., -1, :][sky]
+    lower, upper = warp.box()
+    assert (((exit_pts - lower).abs() < 1e-2) | ((exit_pts - upper).abs() < 1e-2)).any(-1).all()
+    assert float(views.extras["dist"][sky].max()) > 60.0
+    # The rendered road is the plane z = 0, beyond the Occ3D box too.
+    from render.rays import pixel_rays
+
+    rays = pixel_rays(K, T, views.pixels)
+    hit = rays.origins + rays.directions * views.extras["dist"][..., None]
+    assert float(views.extras["dist"][ground].max()) > 40.0
+    assert float(hit[..., 2][ground].abs().max()) < 0.15
+    terms = model.regularizers(scene, [views])
+    assert set(terms) == {"eikonal", "hessian", "prior"} and all(torch.isfinite(v) for v in terms.values())
+    assert float(terms["prior"]) < 1e-8  # the silent decoder is the prior
+    labels = model.predict_occupancy(scene).labels
+    assert labels.shape == (1, *OCC3D_GRID.shape)
+    assert bool((labels[0, :, :, :2] != OCC3D_FREE).all()) and bool((labels[0, :, :, 3:] == OCC3D_FREE).all())

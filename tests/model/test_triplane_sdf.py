@@ -165,3 +165,52 @@ def test_decode_grid_with_hash_features_equals_query_at_cell_centres():
     assert torch.allclose(rest[:, :3].flatten(2).transpose(1, 2), want_rgb, atol=1e-5)
     sdf.sum().backward()
     assert rep.hash.params.grad.abs().sum() > 0
+
+
+def _warp(**kw):
+    from render.grid import BoxWarp
+
+    args = dict(inner_lower=GRID.lower, inner_upper=GRID.upper, inner_cells=(10, 8, 4), lower=(-80.0, -40.0, -1.0),
+                upper=(80.0, 72.0, 13.4), shell_cells=((4, 2), (0, 4), (0, 3)))
+    args.update(kw)
+    return BoxWarp(**args)
+
+
+def test_box_warp_maps_the_inner_box_to_its_cells_and_inverts():
+    warp = _warp()
+    assert warp.shape == (16, 12, 7)
+    corners = torch.tensor([[-80.0, -40.0, -1.0], [-40.0, 40.0, 5.4], [40.0, 72.0, 13.4]])
+    # Knots on cell boundaries: x: 4 cells below (10 m each), 10 inside (8 m), 2 above (20 m).
+    want = torch.tensor([[-1.0, -1.0, -1.0], [-1 + 2 * 4 / 16, -1 + 2 * 8 / 12, -1 + 2 * 4 / 7], [-1 + 2 * 14 / 16, 1.0, 1.0]])
+    torch.testing.assert_close(warp.to_unit(corners), want)
+    pts = torch.rand(500, 3) * torch.tensor([200.0, 140.0, 20.0]) - torch.tensor([100.0, 50.0, 3.0])
+    torch.testing.assert_close(warp.from_unit(warp.to_unit(pts)), pts, atol=1e-4, rtol=0)
+    # Outside the box the unit coordinate passes +-1 (the field reads "outside" there).
+    assert bool((warp.to_unit(torch.tensor([[-81.0, 0.0, 0.0]])).abs() > 1).any())
+    centres = warp.axis_centres(0, 16)
+    torch.testing.assert_close(centres[:5], torch.tensor([-75.0, -65.0, -55.0, -45.0, -36.0]))
+    # No shell: the plain affine map of the box.
+    plain = _warp(lower=None, upper=None, shell_cells=((0, 0),) * 3, inner_cells=None)
+    lo, hi = torch.tensor(GRID.lower), torch.tensor(GRID.upper)
+    torch.testing.assert_close(plain.to_unit(pts), 2 * (pts - lo) / (hi - lo) - 1)
+    with pytest.raises(ValueError, match="shell cells exactly where"):
+        _warp(shell_cells=((0, 2), (0, 4), (0, 3)))
+    with pytest.raises(ValueError, match="lower <= inner_lower"):
+        _warp(lower=(-30.0, -40.0, -1.0))
+
+
+def test_warped_field_decodes_like_query_and_is_empty_outside_the_outer_box():
+    warp = _warp()
+    rep = _tiny(field_box=warp, hash_levels=2, hash_log2_size=10, hash_base_resolution=4)
+    K, T = _two_cameras(90.0, (0.0, math.pi))
+    planes = rep.build([torch.randn(1, 2, 3, 4, 6)], (8,), K, T, (32, 48))
+    sdf, _ = rep.decode_grid(planes, warp.shape)
+    xyz = rep.cell_centres(warp.shape)
+    # Cells are 10 m in the lower x shell and 8 m inside the Occ3D box.
+    torch.testing.assert_close(xyz[1:5, 0, 0, 0] - xyz[:4, 0, 0, 0], torch.tensor([10.0, 10.0, 10.0, 9.0]))
+    want, _, _ = rep.query(planes, xyz.reshape(1, -1, 3))
+    assert torch.allclose(sdf.reshape(1, -1), want, atol=1e-4)
+    beyond, _, _ = rep.query(planes, torch.tensor([[[60.0, 0.0, 2.0], [0.0, 0.0, 20.0]]]))
+    assert float(beyond[0, 0]) != rep.outside_sdf and float(beyond[0, 1]) == rep.outside_sdf
+    with pytest.raises(ValueError, match="inner box"):
+        _tiny(field_box=_warp(inner_lower=(-40.0, -40.0, -2.0), lower=(-80.0, -40.0, -2.0)))

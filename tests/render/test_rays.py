@@ -189,3 +189,30 @@ def test_rays_in_box_and_intervals_render_a_density_slab():
     assert float(out.opacity[1]) == 0.0
     with pytest.raises(ValueError, match="near"):
         rays_in_box(K, T_ego_cam, uv, box_min, box_max, near=5.0, far=1.0)
+
+
+def test_patch_grid_tiles_neighbouring_pixels_one_patch_per_cell():
+    from render.rays import patch_pixel_grid
+
+    H, W, rows, cols, p = 96, 176, 16, 32, 4
+    uv = patch_pixel_grid(H, W, rows, cols, p, generator=torch.Generator().manual_seed(0)).reshape(rows, cols, 2)
+    tiles = uv.reshape(rows // p, p, cols // p, p, 2)
+    # Inside a tile, neighbours are exactly one pixel apart along u (columns) and v (rows).
+    torch.testing.assert_close(tiles[..., 1:, 0] - tiles[..., :-1, 0], torch.ones_like(tiles[..., 1:, 0]))
+    torch.testing.assert_close(tiles[:, 1:, ..., 1] - tiles[:, :-1, ..., 1], torch.ones_like(tiles[:, 1:, ..., 1]))
+    # Each tile lies inside its own cell of the (rows / p) x (cols / p) cut of the image.
+    cell_h, cell_w = H / (rows // p), W / (cols // p)
+    a = torch.arange(rows // p)[:, None, None, None]
+    b = torch.arange(cols // p)[None, None, :, None]
+    assert bool((tiles[..., 1] >= a * cell_h).all() and (tiles[..., 1] < (a + 1) * cell_h).all())
+    assert bool((tiles[..., 0] >= b * cell_w).all() and (tiles[..., 0] < (b + 1) * cell_w).all())
+    # Centred without jitter; a stride spreads the tile; patch 1 is one ray per cell.
+    centred = patch_pixel_grid(H, W, rows, cols, p, jitter=False).reshape(rows // p, p, cols // p, p, 2)
+    torch.testing.assert_close(centred[0, :, 0, 0, 1], torch.tensor([10.5, 11.5, 12.5, 13.5]))
+    wide = patch_pixel_grid(H, W, rows, cols, p, stride=2.0, jitter=False).reshape(rows // p, p, cols // p, p, 2)
+    torch.testing.assert_close(wide[0, 1:, 0, 0, 1] - wide[0, :-1, 0, 0, 1], torch.full((3,), 2.0))
+    torch.testing.assert_close(patch_pixel_grid(H, W, 4, 8, 1, jitter=False), jittered_pixel_grid(H, W, 4, 8, jitter=False))
+    with pytest.raises(ValueError, match="multiples"):
+        patch_pixel_grid(H, W, 15, 32, 4)
+    with pytest.raises(ValueError, match="does not fit"):
+        patch_pixel_grid(H, W, 16, 32, 4, stride=8.0)

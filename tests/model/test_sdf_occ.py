@@ -432,3 +432,63 @@ def test_field_box_renders_beyond_the_occupancy_grid_and_keeps_occupancy_on_it(b
     labels = model.predict_occupancy(scene).labels
     assert labels.shape == (1, *OCC3D_GRID.shape)
     assert bool((labels[0, :, :, :2] != OCC3D_FREE).all()) and bool((labels[0, :, :, 3:] == OCC3D_FREE).all())
+
+
+def test_learned_background_stops_rays_leaving_through_the_bottom_at_the_exit(batch):
+    # An empty field (no prior, silent decoder: SDF 0 everywhere, nothing to stop a ray):
+    # rays that leave through the box's bottom passed where the ground should be, and the
+    # "learned" background keeps their leftover at the exit whatever its logits say; rays
+    # leaving through a side or the top take the bins' distances.
+    rep = TriplaneSDF(feat_channels=16, plane_channels=8, hidden=16, resolution=(32, 32, 4), sdf_bias="none")
+    model = _silent(_model(representation=rep, renderer=NeuSRenderer(num_samples=64, init_variance=0.5, backend="torch"),
+                           far=200.0, background="learned", background_bins=4, background_far=150.0,
+                           background_map_hw=(4, 8))).eval()
+    with torch.no_grad():
+        model.background_logits[:, -1] = 20.0  # every direction: the farthest bin
+    h, w = 8, 14
+    K = batch.K[:, 0].clone()
+    K[..., :2, :] *= h / 64
+    from selfsup.model_api import PixelGrid
+
+    grid = PixelGrid.make((h, w), (h, w), jitter=False)
+    with torch.no_grad():
+        views = model.render(model.encode(batch), K, batch.T_ego_cam[:, 0], grid)
+    assert float(views.opacity.max()) < 0.01
+    ray_far = views.extras["ray_far"]
+    exit_z = views.sample_points[..., -4, 2]  # the first bin lies at the exit
+    bottom = (exit_z + 1.0).abs() < 1e-3
+    assert bottom.sum() > 5 and (~bottom).sum() > 5
+    torch.testing.assert_close(views.extras["dist"][bottom], ray_far[bottom], rtol=0.01, atol=0.01)
+    far_bin = torch.maximum(ray_far[~bottom], torch.full_like(ray_far[~bottom], 150.0))
+    torch.testing.assert_close(views.extras["dist"][~bottom], far_bin, rtol=0.01, atol=0.05)
+
+
+def test_random_training_frame_and_patch_rays(batch):
+    # One frame per step drawn from the batch, rays in 2 x 2 patches of neighbouring pixels.
+    model = _model(train_frames="random", ray_sampling="patch", patch_size=2, rays_hw=(6, 10))
+    torch.manual_seed(3)
+    frames = set()
+    for _ in range(6):
+        views = model.training_views(model.encode(batch), batch)
+        assert len(views) == 1
+        frames.add(views[0].frame)
+        uv = views[0].pixels[0, 0].reshape(3, 2, 5, 2, 2)
+        torch.testing.assert_close(uv[:, 1, :, :, 1] - uv[:, 0, :, :, 1], torch.ones(3, 5, 2))
+    assert frames == {0, 1, 2}
+    out = model(batch)
+    assert torch.isfinite(out.loss) and "loss/photometric" in out.terms
+    model.eval()
+    assert model.training_views(model.encode(batch), batch)[0].frame == 0  # evaluation: the current frame
+    with pytest.raises(ValueError, match="multiples of patch_size"):
+        _model(ray_sampling="patch", patch_size=4, rays_hw=(6, 10))
+
+
+def test_spatial_sources_add_the_neighbouring_cameras_to_the_photometric_term(batch):
+    losses = {}
+    for k in (0, 2):
+        model = _model(spatial_sources=k).eval()  # fixed rays and samples
+        with torch.no_grad():
+            losses[k] = float(model(batch).terms["loss/photometric"])
+    # The minimum over more sources can only be lower or equal where both count, and the
+    # added sources change which rays count: the values differ.
+    assert math.isfinite(losses[2]) and losses[2] != losses[0]

@@ -45,6 +45,13 @@
 #   0.253 / 0.205; photometric "mean" 0.234 and 0.249; 192 x 352 images 0.228 and 0.227; EMA 0.99
 #   0.229 and 0.221; lr 5e-3 0.224; 4x rays for 500 steps 0.215. Averaging the depth maps of
 #   two seeds' runs gives 0.201 (four runs: 0.193): most of the spread is run-to-run chance;
+# - tried and not kept, latest (same protocol, seeds 0 and 1): every sample matched by its own
+#   3 x 3 patch (model.photometric_patch=3): raw AbsRel better in every run (0.188 / 0.188;
+#   10-20 m band 0.14 / 0.12 raw) but median-scaled worse (0.250 / 0.256: far points come out
+#   too near, and CAMERA_08's median scale reaches 1.4), 0.58 vs 0.42 s per step on one thread;
+#   with model.background="far" (side and top exits stop at `far`) 0.239 / 0.259 (raw 0.187 /
+#   0.182), dilation 2: 0.287 / 0.239; "far" alone 0.249 / 0.213 (raw 0.243 / 0.184; 40-80 m
+#   band 0.24 / 0.27 instead of about 0.32);
 # - evaluation at 192 x 352 (2x the training images) with SelfOcc's convention (LiDAR
 #   points beyond 1 m, predictions never 0).
 import fiddle as fdl

@@ -33,6 +33,8 @@ MODES = {
     # The same with the two neighbouring cameras of each camera, at every frame, as extra
     # photometric sources (8 sources instead of 2).
     "grid_spatial": ["model.field_resolution=(100,100,16)", "model.spatial_sources=2"],
+    # The same with every sample matched by its own 3 x 3 patch (model.photometric_patch).
+    "grid_patch": ["model.field_resolution=(100,100,16)", "model.photometric_patch=3"],
     # The prior pull lives on the decoded grid: off without one.
     "per_sample": ["model.field_resolution=None", "model.renderer.num_samples=48", "model.loss_weights.prior=0"],
 }
@@ -43,7 +45,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(device: str = "cpu", steps: int = 3, eval_hw: tuple[int, int] = (96, 176), modes=("grid", "grid_spatial", "per_sample")) -> dict:
+def run(device: str = "cpu", steps: int = 3, eval_hw: tuple[int, int] = (96, 176), modes=tuple(MODES)) -> dict:
     out = {}
     for mode in modes:
         cfg = apply_overrides(load_config(str(REPO / "config/sdf_ddad_tiny.py")), MODES[mode])

@@ -226,9 +226,12 @@ def combine_source_errors(
     source_valid: Bool[Tensor, "M N"] | None = None,
     reduction: str = "min",
     identity_valid: Bool[Tensor, "I N"] | None = None,
+    identity_errors: Float[Tensor, "I N H W"] | None = None,
 ) -> Float[Tensor, ""]:
     """The minimum (or mean) over sources of per-source errors (:func:`source_error`), with
     auto-masking and the pixel mask; see :func:`reprojection_loss` for the arguments.
+    ``identity_errors`` replaces ``identity``: the unwarped sources' errors, computed by the
+    caller in the same way as ``errors`` (e.g. :func:`patch_error` at the target pixels).
 
     Raises:
         ValueError: an unknown ``reduction``, or ``identity`` that does not fit.
@@ -245,14 +248,21 @@ def combine_source_errors(
     else:
         # A source that sees too little of the ray must never win the minimum.
         best, _ = torch.where(in_view, errors, torch.full_like(errors, 1e3)).min(dim=0)
-    if identity is not None:
-        n_id = identity.shape[0]
-        if n_id > m or identity.shape[1:] != (n, 3, *target.shape[-2:]):
-            raise ValueError(f"reprojection_loss: identity {tuple(identity.shape)} does not fit {m} sources of target "
-                             f"{tuple(target.shape)}")
+    if identity is not None or identity_errors is not None:
+        if identity_errors is not None:
+            n_id = identity_errors.shape[0]
+            if n_id > m or identity_errors.shape[1:] != errors.shape[1:]:
+                raise ValueError(f"reprojection_loss: identity_errors {tuple(identity_errors.shape)} do not fit "
+                                 f"errors {tuple(errors.shape)}")
+            id_err = identity_errors
+        else:
+            n_id = identity.shape[0]
+            if n_id > m or identity.shape[1:] != (n, 3, *target.shape[-2:]):
+                raise ValueError(f"reprojection_loss: identity {tuple(identity.shape)} does not fit {m} sources of "
+                                 f"target {tuple(target.shape)}")
+            id_err = photometric_error(identity.flatten(0, 1), target.repeat(n_id, 1, 1, 1)).unflatten(0, (n_id, n))
         if identity_valid is None:
             identity_valid = source_valid[:n_id] if source_valid is not None else None
-        id_err = photometric_error(identity.flatten(0, 1), target.repeat(n_id, 1, 1, 1)).unflatten(0, (n_id, n))
         ok = (identity_valid[:, :, None, None].expand_as(id_err) if identity_valid is not None
               else torch.ones_like(id_err, dtype=torch.bool))
         if reduction == "mean":
@@ -263,3 +273,43 @@ def combine_source_errors(
     if mask is not None:
         keep = keep & mask
     return masked_mean(best, keep)
+
+
+
+def unfold_patches(image: Float[Tensor, "N C H W"], size: int, dilation: int = 1) -> Float[Tensor, "N CK H W"]:
+    """Every pixel's ``size x size`` patch (pixels ``dilation`` apart, edges replicated) as
+    channels ``c * K + k`` (``K = size^2``, row-major): a bilinear read of this map at a
+    point is the patch around that point read bilinearly (interpolation is linear).
+
+    Raises:
+        ValueError: ``size`` not odd and positive, or ``dilation < 1``.
+    """
+    if size < 1 or size % 2 == 0 or dilation < 1:
+        raise ValueError(f"unfold_patches: size must be odd and positive and dilation >= 1, got {size}, {dilation}")
+    n, c, h, w = image.shape
+    r = dilation * (size // 2)
+    padded = F.pad(image, (r, r, r, r), mode="replicate")
+    return F.unfold(padded, size, dilation=dilation).reshape(n, c * size * size, h, w)
+
+
+def patch_error(a: Float[Tensor, "N C K R S"], b: Float[Tensor, "N C K R"]) -> Float[Tensor, "N R S"]:
+    """Photometric error of each patch ``a[..., r, s]`` against the patch ``b[..., r]`` (K
+    pixels, centre at ``K // 2``): ``0.85 (1 - SSIM) / 2 + 0.15 |a_centre - b_centre|``,
+    channel-averaged, with SSIM's statistics over the patch (one uniform window).
+
+    Source: monodepth2's error (Godard et al. 2019, eq. 1: a 3 x 3 SSIM window around the
+    pixel and the pixel's L1) with SSIM (Wang et al. 2004, eq. 13); applied per sample
+    point as patch-based neural surface reconstruction does (Geo-NeuS, Fu et al. 2022;
+    NeuralWarp, Darmon et al. 2022, which warp the patch through the surface's plane; here
+    the patch is fronto-parallel: the same pixel offsets in both images).
+    """
+    k = a.shape[2]
+    mu_a, mu_b = a.mean(dim=2), b.mean(dim=2)[..., None]
+    var_a = torch.einsum("nckrs,nckrs->ncrs", a, a) / k - mu_a**2
+    var_b = ((b * b).mean(dim=2) - b.mean(dim=2) ** 2)[..., None]
+    cov = torch.einsum("nckrs,nckr->ncrs", a, b) / k - mu_a * mu_b
+    num = (2 * mu_a * mu_b + _C1) * (2 * cov + _C2)
+    den = (mu_a**2 + mu_b**2 + _C1) * (var_a + var_b + _C2)
+    ssim = ((1 - num / den) / 2).clamp(0.0, 1.0)
+    l1 = (a[:, :, k // 2] - b[:, :, k // 2, :, None]).abs()
+    return (SSIM_WEIGHT * ssim + (1 - SSIM_WEIGHT) * l1).mean(dim=1)

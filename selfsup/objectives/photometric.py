@@ -11,10 +11,12 @@ from selfsup.data.frames import Frames
 from selfsup.losses.photometric import (
     combine_source_errors,
     normalised_weights,
+    patch_error,
     project_points,
     rgb_loss,
     sample_image,
     source_error,
+    unfold_patches,
 )
 from selfsup.model_api import RenderedViews
 
@@ -39,6 +41,8 @@ def camera_neighbours(T_ego_cam: Float[Tensor, "B V 4 4"], k: int) -> Int[Tensor
 def photometric_objective(
     views: RenderedViews, batch: Frames, mask: Bool[Tensor, "B V R"], reduction: str = "min",
     spatial_sources: int = 0,
+    patch: int = 0,
+    patch_dilation: int = 1,
 ) -> Tensor | None:
     """Reprojection loss of the rendered sample points into the other frames (and, with
     ``spatial_sources``, the neighbouring cameras), auto-masked.
@@ -63,6 +67,14 @@ def photometric_objective(
     Only the same camera's other frames enter auto-masking (an unwarped neighbouring camera
     says nothing about static pixels); where a sample lands outside a source image, that
     source does not count for the ray (``min_in_view`` of the weight must land inside).
+
+    With ``patch = k > 0`` each sample is matched on its own: the ``k x k`` patch around
+    its projection into the source (``patch_dilation`` pixels apart) is compared with the
+    patch around the ray's pixel in frame f by :func:`~selfsup.losses.photometric.patch_error`
+    (``0.85 (1 - SSIM) / 2 + 0.15 L1`` over the patch), and ``e_m = sum_i w~_i pe_i^m``; the
+    unwarped sources' patches at the ray's pixel give the auto-masking errors. Not in
+    SelfOcc: its SSIM compares the weight-blended colour on the ray grid, whose neighbours
+    are rays several pixels apart, so most of the matching cue is one pixel's colour.
 
     Returns:
         the loss, or ``None`` for a single-frame batch without spatial sources (no source).
@@ -100,23 +112,51 @@ def photometric_objective(
                     for j in range(spatial_sources) for t in range(T)]
     b_idx = torch.arange(B, device=pts.device)[:, None]
     weights = normalised_weights(views.sample_weights.reshape(N, rows, cols, S))
+    if patch:
+        K2 = patch * patch
+        target_patches = sample_image(unfold_patches(batch.images[:, f].flatten(0, 1), patch, patch_dilation), pixels)[0]
+        target_patches = target_patches.transpose(1, 2).unflatten(1, (3, K2))  # [N 3 K R]
     errors, in_view, identity = [], [], []
     for t, cams, _ in sources:
         src = batch.images[:, t][b_idx, cams].flatten(0, 1)
         with torch.no_grad():  # the sample points are detached: colours carry no gradient
             uv_src, _, in_front = project_points(
                 pts, batch.K[:, t][b_idx, cams].flatten(0, 1), T_ego0_cam[:, t][b_idx, cams].flatten(0, 1))
-            c, inside = sample_image(src, uv_src)  # [N R*S 3]
-            if len(identity) < n_identity:
-                identity.append(views.grid(sample_image(src, pixels)[0].unflatten(0, (B, V))))
-        # One source at a time: no [M N rows cols S 3] stack of every source's colours.
-        e, ok = source_error(c.reshape(N, rows, cols, S, 3), weights, (in_front & inside).reshape(N, rows, cols, S), target)
+            if patch:
+                src_patches = unfold_patches(src, patch, patch_dilation)
+                # One image at a time: a [N 3K R*S] read is tens of MB, which the allocator
+                # maps and faults in afresh on every call (measured 8x slower steps with two
+                # processes on this machine).
+                sample_err, inside = [], []
+                for n in range(N):
+                    c, ok_n = sample_image(src_patches[n : n + 1], uv_src[n : n + 1])  # [1 R*S 3K]
+                    c = c.transpose(1, 2).reshape(1, 3, K2, -1, S)  # a view: grid_sample's output is channel-first
+                    sample_err.append(patch_error(c, target_patches[n : n + 1]))
+                    inside.append(ok_n)
+                sample_err = torch.cat(sample_err).reshape(N, rows, cols, S)
+                inside = torch.cat(inside)
+                if len(identity) < n_identity:
+                    same_pixel = sample_image(src_patches, pixels)[0].transpose(1, 2).unflatten(1, (3, K2))
+                    identity.append(patch_error(same_pixel[..., None], target_patches).reshape(N, rows, cols))
+            else:
+                c, inside = sample_image(src, uv_src)  # [N R*S 3]
+                if len(identity) < n_identity:
+                    identity.append(views.grid(sample_image(src, pixels)[0].unflatten(0, (B, V))))
+        seen = (in_front & inside).reshape(N, rows, cols, S)
+        if patch:
+            e = torch.einsum("nhws,nhws->nhw", sample_err, weights)
+            ok = torch.einsum("nhws,nhws->nhw", seen.to(weights.dtype), weights.detach()) >= 0.5
+        else:
+            # One source at a time: no [M N rows cols S 3] stack of every source's colours.
+            e, ok = source_error(c.reshape(N, rows, cols, S, 3), weights, seen, target)
         errors.append(e)
         in_view.append(ok)
     source_valid = torch.stack([ok.reshape(N) for _, _, ok in sources])  # [M N]
+    stacked_identity = torch.stack(identity) if identity else None
     return combine_source_errors(
-        torch.stack(errors), torch.stack(in_view), target, torch.stack(identity) if identity else None,
+        torch.stack(errors), torch.stack(in_view), target, None if patch else stacked_identity,
         mask.reshape(N, rows, cols), source_valid=source_valid, reduction=reduction,
+        identity_errors=stacked_identity if patch else None,
     )
 
 

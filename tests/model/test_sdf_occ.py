@@ -434,25 +434,33 @@ def test_field_box_renders_beyond_the_occupancy_grid_and_keeps_occupancy_on_it(b
     assert bool((labels[0, :, :, :2] != OCC3D_FREE).all()) and bool((labels[0, :, :, 3:] == OCC3D_FREE).all())
 
 
+def _empty_field_model(**kw) -> SDFOcc:
+    """No prior and a silent decoder: SDF 0 everywhere, nothing stops a ray."""
+    rep = TriplaneSDF(feat_channels=16, plane_channels=8, hidden=16, resolution=(32, 32, 4), sdf_bias="none")
+    return _silent(_model(representation=rep, renderer=NeuSRenderer(num_samples=64, init_variance=0.5, backend="torch"),
+                          **kw)).eval()
+
+
+def _render_small(model: SDFOcc, batch, h: int = 8, w: int = 14):
+    """Render the current frame's cameras at h x w pixel centres (no jitter)."""
+    from selfsup.model_api import PixelGrid
+
+    K = batch.K[:, 0].clone()
+    K[..., :2, :] *= h / 64
+    with torch.no_grad():
+        return model.render(model.encode(batch), K, batch.T_ego_cam[:, 0], PixelGrid.make((h, w), (h, w), jitter=False))
+
+
 def test_learned_background_stops_rays_leaving_through_the_bottom_at_the_exit(batch):
     # An empty field (no prior, silent decoder: SDF 0 everywhere, nothing to stop a ray):
     # rays that leave through the box's bottom passed where the ground should be, and the
     # "learned" background keeps their leftover at the exit whatever its logits say; rays
     # leaving through a side or the top take the bins' distances.
-    rep = TriplaneSDF(feat_channels=16, plane_channels=8, hidden=16, resolution=(32, 32, 4), sdf_bias="none")
-    model = _silent(_model(representation=rep, renderer=NeuSRenderer(num_samples=64, init_variance=0.5, backend="torch"),
-                           far=200.0, background="learned", background_bins=4, background_far=150.0,
-                           background_map_hw=(4, 8))).eval()
+    model = _empty_field_model(far=200.0, background="learned", background_bins=4, background_far=150.0,
+                               background_map_hw=(4, 8))
     with torch.no_grad():
         model.background_logits[:, -1] = 20.0  # every direction: the farthest bin
-    h, w = 8, 14
-    K = batch.K[:, 0].clone()
-    K[..., :2, :] *= h / 64
-    from selfsup.model_api import PixelGrid
-
-    grid = PixelGrid.make((h, w), (h, w), jitter=False)
-    with torch.no_grad():
-        views = model.render(model.encode(batch), K, batch.T_ego_cam[:, 0], grid)
+    views = _render_small(model, batch)
     assert float(views.opacity.max()) < 0.01
     ray_far = views.extras["ray_far"]
     exit_z = views.sample_points[..., -4, 2]  # the first bin lies at the exit
@@ -492,3 +500,20 @@ def test_spatial_sources_add_the_neighbouring_cameras_to_the_photometric_term(ba
     # The minimum over more sources can only be lower or equal where both count, and the
     # added sources change which rays count: the values differ.
     assert math.isfinite(losses[2]) and losses[2] != losses[0]
+
+
+def test_far_background_sends_side_and_top_exits_to_far_and_keeps_bottom_exits(batch):
+    # An empty field (no prior, silent decoder): every ray keeps its transmittance. "far"
+    # stops it at `far` unless it leaves through the box's bottom (through the ground).
+    views = _render_small(_empty_field_model(far=70.0, background="far"), batch)
+    assert float(views.opacity.max()) < 0.01
+    ray_far = views.extras["ray_far"]
+    origins = batch.T_ego_cam[:, 0, :, None, :3, 3]  # [B V 1 3]
+    d = views.sample_points[..., -1, :] - origins
+    exit_z = (origins + d / d.norm(dim=-1, keepdim=True) * ray_far[..., None])[..., 2]
+    bottom = (exit_z + 1.0).abs() < 1e-3
+    top_or_side = ~bottom
+    assert bottom.sum() > 5 and top_or_side.sum() > 5
+    torch.testing.assert_close(views.extras["dist"][bottom], ray_far[bottom], rtol=0.01, atol=0.01)
+    torch.testing.assert_close(views.extras["dist"][top_or_side], torch.full_like(ray_far[top_or_side], 70.0),
+                               rtol=0.01, atol=0.05)

@@ -1,5 +1,5 @@
-"""The photometric objective with cross-camera (spatial) sources, on an analytic fixture:
-a textured wall seen by a rig of cameras at one instant."""
+"""The photometric objective with cross-camera (spatial) sources and per-sample patch
+matching, on an analytic fixture: a textured wall seen by a rig of cameras at one instant."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from selfsup.data.frames import Frames
 from selfsup.model_api import RenderedViews
+from selfsup.losses.photometric import patch_error, photometric_error, sample_image, unfold_patches
 from selfsup.objectives.photometric import camera_neighbours, photometric_objective
 
 H, W, WALL_X = 48, 64, 12.0
@@ -111,3 +112,56 @@ def test_spatial_sources_join_the_temporal_ones():
     wrong = photometric_objective(_views(frames, 0.6), frames, mask, spatial_sources=2)
     assert temporal < 0.01 and both < 0.01
     assert wrong > 5 * both
+
+
+def test_unfolded_patches_read_at_a_pixel_are_its_neighbourhood():
+    image = torch.rand(1, 3, 9, 11)
+    patches = unfold_patches(image, 3, dilation=2)  # [1 27 9 11]
+    # Interior pixel (row 4, col 5): the pixels 2 apart around it, channel-major.
+    expected = image[0, :, 2:7:2, 3:8:2].reshape(27)
+    assert torch.equal(patches[0, :, 4, 5], expected)
+    # A bilinear read at the pixel centre is the same patch.
+    read, inside = sample_image(patches, torch.tensor([[[5.5, 4.5]]]))
+    assert inside.all() and torch.allclose(read[0, 0], expected)
+    # At the border the image's edge is replicated.
+    assert torch.equal(patches[0, 0, 0, 0], image[0, 0, 0, 0]) and torch.equal(patches[0, 8, 0, 0], image[0, 0, 2, 2])
+    with pytest.raises(ValueError, match="odd"):
+        unfold_patches(image, 2)
+
+
+def test_patch_error_is_monodepth2s_error_at_the_patch_centre():
+    """One 3 x 3 window's SSIM plus the centre's L1 is monodepth2's per-pixel error there."""
+    a, b = torch.rand(1, 3, 8, 10), torch.rand(1, 3, 8, 10)
+    rows, cols = torch.meshgrid(torch.arange(1, 7), torch.arange(1, 9), indexing="ij")
+    pa = unfold_patches(a, 3)[0, :, rows.flatten(), cols.flatten()].reshape(1, 3, 9, -1)  # [1 3 K R]
+    pb = unfold_patches(b, 3)[0, :, rows.flatten(), cols.flatten()].reshape(1, 3, 9, -1)
+    ours = patch_error(pa[..., None], pb)[0, :, 0]
+    reference = photometric_error(a, b)[0, rows.flatten(), cols.flatten()]
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert patch_error(pa[..., None], pa).abs().max() < 1e-6
+
+
+def _two_sample_views(frames: Frames, wrong: float) -> RenderedViews:
+    """Two samples per ray, at the true wall distance and at ``wrong`` x it, equal weights."""
+    right, off = _views(frames, 1.0), _views(frames, wrong)
+    V, R = right.sample_points.shape[1:3]
+    weights = torch.full((1, V, R, 2), 0.5, requires_grad=True)
+    return RenderedViews(
+        depth=right.depth, opacity=right.opacity, pixels=right.pixels, image_hw=right.image_hw, grid_hw=right.grid_hw,
+        sample_points=torch.cat([right.sample_points, off.sample_points], dim=3), sample_weights=weights,
+    )
+
+
+@pytest.mark.parametrize("patch", [0, 3])
+def test_patch_matching_scores_the_true_wall_and_pulls_weight_to_it(patch):
+    frames = _rig()
+    mask = torch.ones(1, 3, 12 * 16, dtype=torch.bool)
+    right = photometric_objective(_views(frames, 1.0), frames, mask, spatial_sources=2, patch=patch)
+    wrong = photometric_objective(_views(frames, 0.6), frames, mask, spatial_sources=2, patch=patch)
+    assert right < 0.01 and wrong > 5 * right
+    views = _two_sample_views(frames, 0.6)
+    photometric_objective(views, frames, mask, spatial_sources=2, patch=patch).backward()
+    grad = views.sample_weights.grad[0]  # [V R 2]: lowering the loss raises the true sample's weight
+    counted = grad.abs().sum(-1) > 0  # rays that no source sees well enough do not count
+    assert counted.float().mean() > 0.5
+    assert (grad[..., 0] < grad[..., 1])[counted].float().mean() > 0.9

@@ -213,8 +213,15 @@ def source_error(
     sample_l1 = (sample_colours - target.permute(0, 2, 3, 1)[:, :, :, None, :]).abs().mean(dim=-1)
     l1 = torch.einsum("nhws,nhws->nhw", sample_l1, weights)
     ssim = ssim_dissimilarity(warped, target).mean(dim=1)
-    in_view = torch.einsum("nhws,nhws->nhw", sample_in_view.to(weights.dtype), weights.detach()) >= min_in_view
-    return SSIM_WEIGHT * ssim + (1 - SSIM_WEIGHT) * l1, in_view
+    return SSIM_WEIGHT * ssim + (1 - SSIM_WEIGHT) * l1, weight_in_view(sample_in_view, weights, min_in_view)
+
+
+def weight_in_view(
+    sample_in_view: Bool[Tensor, "N H W S"], weights: Float[Tensor, "N H W S"], min_in_view: float = 0.5
+) -> Bool[Tensor, "N H W"]:
+    """Whether at least ``min_in_view`` of a ray's (normalised) weight lies on samples that
+    project inside the source image: otherwise that source does not count for the ray."""
+    return torch.einsum("nhws,nhws->nhw", sample_in_view.to(weights.dtype), weights.detach()) >= min_in_view
 
 
 def combine_source_errors(

@@ -5,10 +5,11 @@ frame's (t = 0) image features into TPV planes (:class:`TPVScene`), ``render`` r
 the SDF with the NeuS renderer at any pixels (rays clipped to the representation's box and
 ``[near, far]``), ``predict_occupancy`` thresholds the SDF at the voxel centres, and the
 regularizers are the eikonal and second-order smoothness terms. Training renders a
-``rays_hw`` grid per camera of the current frame (jittered per cell, or SelfOcc's randomly
-scaled and offset sub-grid) and scores it with the shared objectives
+``rays_hw`` grid per camera of the current frame, or of every / a random frame of the batch
+(``train_frames``; jittered per cell, SelfOcc's randomly scaled and offset sub-grid, or
+patches of neighbouring pixels: ``ray_sampling``) and scores it with the shared objectives
 (``selfsup.objectives``): photometric reprojection of the rendered sample points into the
-temporal neighbours, rendered colour, optional depth (LiDAR or pseudo) and semantics,
+temporal neighbours (and optionally the neighbouring cameras), rendered colour, optional depth (LiDAR or pseudo) and semantics,
 and optionally the non-local photometric depth search (``selfsup.losses.stereo``).
 
 Two fields: the TPV decoder queried at every ray sample (autograd gradients at the samples,
@@ -191,7 +192,8 @@ class SDFOcc(OccupancyModel):
 
     Raises:
         ValueError: unknown loss names, negative weights, a depth weight without a depth
-            source, ``near >= far``, or mismatched channel counts.
+            source, ``near >= far``, mismatched channel counts, or ``photometric_patch``
+            neither 0 nor an odd size >= 3.
 
     Source: SelfOcc (Huang et al. 2024), Sec. 3 and its NeuS configuration; objectives as
     documented in ``selfsup.objectives``.
@@ -237,6 +239,8 @@ class SDFOcc(OccupancyModel):
         photometric_patch_dilation: int = 1,
     ):
         super().__init__()
+        if photometric_patch != 0 and (photometric_patch < 3 or photometric_patch % 2 == 0):
+            raise ValueError(f"SDFOcc: photometric_patch must be 0 or an odd size >= 3, got {photometric_patch}")
         if field_resolution is not None and (len(field_resolution) != 3 or min(field_resolution) < 3):
             raise ValueError(f"SDFOcc: field_resolution must be 3 sizes >= 3, got {field_resolution}")
         if (loss_weights or {}).get("search", 0) > 0 and search_candidates < 2:
@@ -448,17 +452,14 @@ class SDFOcc(OccupancyModel):
                 exit_xy = (rays.origins + rays.directions * ray_far[..., None])[..., :2]
                 side = ((exit_xy - lower[:2]).abs() < 1e-3).any(-1) | ((exit_xy - upper[:2]).abs() < 1e-3).any(-1)
                 t_bg = torch.where(side, torch.full_like(ray_far, self.far), ray_far)
+            # A ray leaving through the bottom of the box went through the ground.
+            bottom = (rays.origins[..., 2] + rays.directions[..., 2] * ray_far - lower[2]).abs() < 1e-3
             if self.background == "far":
-                exit_z = rays.origins[..., 2] + rays.directions[..., 2] * ray_far
-                bottom = (exit_z - lower[2]).abs() < 1e-3
                 t_bg = torch.where(bottom, ray_far, torch.full_like(ray_far, self.far))
             if self.background == "learned":
                 t_bg, share = self._background_bins(rays.directions, ray_far)  # [B V R K] each
-                # A ray leaving through the bottom of the box went through the ground: its
-                # leftover stops at the exit (bin 0), or a transparent road would let the
+                # Its leftover stops at the exit (bin 0), or a transparent road would let the
                 # bins beyond explain any colour.
-                exit_z = rays.origins[..., 2] + rays.directions[..., 2] * ray_far
-                bottom = (exit_z - lower[2]).abs() < 1e-3
                 share = torch.where(bottom[..., None], F.one_hot(torch.zeros_like(bottom, dtype=torch.long), share.shape[-1]).to(share.dtype), share)
             else:
                 t_bg, share = t_bg[..., None], torch.ones_like(t_bg[..., None])
@@ -569,8 +570,8 @@ class SDFOcc(OccupancyModel):
 
     # ------------------------------------------------------------------ training rays
     def training_views(self, scene: TPVScene, batch: Frames) -> list[RenderedViews]:
-        """The current frame's cameras on the ``rays_hw`` grid: per-cell jitter or SelfOcc's
-        strided sub-grid (``ray_sampling``); advances the cosine anneal and the sharpness ramp
+        """The cameras of the training frame(s) (``train_frames``) on the ``rays_hw`` grid:
+        per-cell jitter, SelfOcc's strided sub-grid or pixel patches (``ray_sampling``); advances the cosine anneal and the sharpness ramp
         in training mode."""
         if self.training:
             if self.cos_anneal_steps:

@@ -27,7 +27,9 @@ from selfsup.representations.hash_grid import make_hash_encoding
 @dataclass
 class TPVPlanes:
     """The three feature planes of a batch; cell (i, j) of a plane has its centre at
-    ``lower + (upper - lower) (i + 0.5) / n`` along each of the plane's two axes.
+    ``lower + (upper - lower) (i + 0.5) / n`` along each of the plane's two axes in the
+    field box's unit coordinates (in metres too without a shell; with a ``BoxWarp`` shell
+    the cells beyond the inner box are coarser).
 
     Attributes:
         xy: bird's-eye plane, ``[B, C, X, Y]``.

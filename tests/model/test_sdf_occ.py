@@ -428,7 +428,7 @@ def test_field_box_renders_beyond_the_occupancy_grid_and_keeps_occupancy_on_it(b
     assert float(hit[..., 2][ground].abs().max()) < 0.15
     terms = model.regularizers(scene, [views])
     assert set(terms) == {"eikonal", "hessian", "prior"} and all(torch.isfinite(v) for v in terms.values())
-    assert float(terms["prior"]) < 1e-8  # the silent decoder is the prior
+    assert float(terms["prior"].detach()) < 1e-8  # the silent decoder is the prior
     labels = model.predict_occupancy(scene).labels
     assert labels.shape == (1, *OCC3D_GRID.shape)
     assert bool((labels[0, :, :, :2] != OCC3D_FREE).all()) and bool((labels[0, :, :, 3:] == OCC3D_FREE).all())
@@ -517,3 +517,9 @@ def test_far_background_sends_side_and_top_exits_to_far_and_keeps_bottom_exits(b
     torch.testing.assert_close(views.extras["dist"][bottom], ray_far[bottom], rtol=0.01, atol=0.01)
     torch.testing.assert_close(views.extras["dist"][top_or_side], torch.full_like(ray_far[top_or_side], 70.0),
                                rtol=0.01, atol=0.05)
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_photometric_patch_must_be_odd_and_at_least_3(size):
+    with pytest.raises(ValueError, match="photometric_patch"):
+        _model(photometric_patch=size)

@@ -210,7 +210,8 @@ def test_warped_field_decodes_like_query_and_is_empty_outside_the_outer_box():
     torch.testing.assert_close(xyz[1:5, 0, 0, 0] - xyz[:4, 0, 0, 0], torch.tensor([10.0, 10.0, 10.0, 9.0]))
     want, _, _ = rep.query(planes, xyz.reshape(1, -1, 3))
     assert torch.allclose(sdf.reshape(1, -1), want, atol=1e-4)
-    beyond, _, _ = rep.query(planes, torch.tensor([[[60.0, 0.0, 2.0], [0.0, 0.0, 20.0]]]))
+    with torch.no_grad():
+        beyond, _, _ = rep.query(planes, torch.tensor([[[60.0, 0.0, 2.0], [0.0, 0.0, 20.0]]]))
     assert float(beyond[0, 0]) != rep.outside_sdf and float(beyond[0, 1]) == rep.outside_sdf
     with pytest.raises(ValueError, match="inner box"):
         _tiny(field_box=_warp(inner_lower=(-40.0, -40.0, -2.0), lower=(-80.0, -40.0, -2.0)))

@@ -94,22 +94,39 @@ def test_spatial_sources_score_the_true_wall_and_reject_a_wrong_one():
     assert wrong > 5 * right and wrong > 0.03
 
 
-def test_spatial_sources_join_the_temporal_ones():
-    """With a second frame whose only source is that frame's own camera, the loss of the
-    true wall stays near zero once the other cameras are added (the minimum over sources)."""
+def _two_frames(forward: float) -> Frames:
+    """The rig at t = 0 and after the ego drove ``forward`` metres along x."""
     rig = _rig()
     moved = torch.eye(4)
-    moved[0, 3] = 1.0  # the ego drove 1 m forward
-    frames = Frames(
+    moved[0, 3] = forward
+    return Frames(
         images=torch.cat([rig.images, torch.stack([_image(moved @ T) for T in rig.T_ego_cam[0, 0]])[None, None]], dim=1),
         K=rig.K.expand(1, 2, 3, 3, 3).clone(), T_ego_cam=rig.T_ego_cam.expand(1, 2, 3, 4, 4).clone(),
         T_global_ego=torch.stack([torch.eye(4), moved])[None], timestamps=torch.tensor([[0.0, 0.1]], dtype=torch.float64),
         frame_offsets=torch.tensor([[0, 1]]), valid_masks=rig.valid_masks,
     )
+
+
+@pytest.mark.parametrize("patch", [0, 3])
+def test_a_source_that_did_not_move_masks_every_pixel(patch):
+    """Auto-masking: with the ego standing still the unwarped source matches the target
+    exactly, so no pixel counts, whatever depth is rendered (monodepth2, eq. 5)."""
+    frames = _two_frames(0.0)
     mask = torch.ones(1, 3, 12 * 16, dtype=torch.bool)
-    temporal = photometric_objective(_views(frames, 1.0), frames, mask)
-    both = photometric_objective(_views(frames, 1.0), frames, mask, spatial_sources=2)
-    wrong = photometric_objective(_views(frames, 0.6), frames, mask, spatial_sources=2)
+    assert float(photometric_objective(_views(frames, 0.6), frames, mask, patch=patch)) == 0.0
+    moving = _two_frames(1.0)
+    assert float(photometric_objective(_views(moving, 0.6), moving, mask, patch=patch)) > 0.01
+
+
+@pytest.mark.parametrize("patch", [0, 3])
+def test_spatial_sources_join_the_temporal_ones(patch):
+    """With a second frame whose only source is that frame's own camera, the loss of the
+    true wall stays near zero once the other cameras are added (the minimum over sources)."""
+    frames = _two_frames(1.0)  # the ego drove 1 m forward
+    mask = torch.ones(1, 3, 12 * 16, dtype=torch.bool)
+    temporal = photometric_objective(_views(frames, 1.0), frames, mask, patch=patch)
+    both = photometric_objective(_views(frames, 1.0), frames, mask, spatial_sources=2, patch=patch)
+    wrong = photometric_objective(_views(frames, 0.6), frames, mask, spatial_sources=2, patch=patch)
     assert temporal < 0.01 and both < 0.01
     assert wrong > 5 * both
 

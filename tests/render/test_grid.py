@@ -38,7 +38,8 @@ def test_grid_field_renders_a_plane_at_its_depth():
     outside = field(torch.tensor([[25.0, 0.0, 0.0]]))
     assert float(outside.sdf[0]) == 100.0
     renderer = NeuSRenderer(num_samples=400, init_variance=0.5, backend="torch").eval()
-    out = renderer(field, torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]), torch.tensor([19.5]),
-                   compute_gradients=False)
+    with torch.no_grad():
+        out = renderer(field, torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]),
+                       torch.tensor([19.5]), compute_gradients=False)
     assert abs(float(out.normalized_dist()[0]) - 10.0) < 0.1
     assert float(out.opacity[0]) > 0.99

@@ -227,18 +227,22 @@ def _ground_model(far: float = 40.0, **kw) -> SDFOcc:
                           far=far, **kw)).eval()
 
 
+def _small_cameras(batch, h: int = 8, w: int = 14):
+    """Intrinsics, camera poses and an unjittered pixel grid of the current frame's cameras
+    at h x w (the fixture's images are 64 pixels high)."""
+    from selfsup.model_api import PixelGrid
+
+    K = batch.K[:, 0].clone()
+    K[..., :2, :] *= h / 64
+    return K, batch.T_ego_cam[:, 0], PixelGrid.make((h, w), (h, w), jitter=False)
+
+
 def test_box_exit_background_puts_the_leftover_transmittance_where_the_ray_leaves(batch):
     # Ground-only field: a ray that misses the road leaves the +-40 m x [-1, 5.4] m box with
     # all its transmittance; "box_exit" then renders the exit distance (SelfOcc's
     # normalisation would render a meaningless weighted mean of near-zero weights).
     model = _ground_model(background="box_exit")
-    h, w = 8, 14
-    K = batch.K[:, 0].clone()
-    K[..., :2, :] *= h / 64
-    T = batch.T_ego_cam[:, 0]
-    from selfsup.model_api import PixelGrid
-
-    grid = PixelGrid.make((h, w), (h, w), jitter=False)
+    K, T, grid = _small_cameras(batch)
     with torch.no_grad():
         views = model.render(model.encode(batch), K, T, grid)
     ray_far = views.extras["ray_far"]
@@ -279,13 +283,7 @@ def test_learned_background_shares_the_leftover_among_bins_beyond_the_exit(batch
     # of its bins, which run uniformly in inverse distance from the box exit to
     # background_far; the road is untouched.
     model = _ground_model(background="learned", background_bins=4, background_far=100.0, background_map_hw=(4, 8))
-    h, w = 8, 14
-    K = batch.K[:, 0].clone()
-    K[..., :2, :] *= h / 64
-    T = batch.T_ego_cam[:, 0]
-    from selfsup.model_api import PixelGrid
-
-    grid = PixelGrid.make((h, w), (h, w), jitter=False)
+    K, T, grid = _small_cameras(batch)
     scene = model.encode(batch)
     with torch.no_grad():
         views = model.render(scene, K, T, grid)
@@ -402,13 +400,7 @@ def test_field_box_renders_beyond_the_occupancy_grid_and_keeps_occupancy_on_it(b
     model = _silent(_model(representation=rep, renderer=NeuSRenderer(num_samples=512, init_variance=0.5, backend="torch"),
                            far=120.0, background="box_exit", field_resolution=warp.shape,
                            loss_weights={"prior": 1e-3})).eval()
-    h, w = 8, 14
-    K = batch.K[:, 0].clone()
-    K[..., :2, :] *= h / 64
-    T = batch.T_ego_cam[:, 0]
-    from selfsup.model_api import PixelGrid
-
-    grid = PixelGrid.make((h, w), (h, w), jitter=False)
+    K, T, grid = _small_cameras(batch)
     scene = model.encode(batch)
     with torch.no_grad():
         views = model.render(scene, K, T, grid)
@@ -441,14 +433,11 @@ def _empty_field_model(**kw) -> SDFOcc:
                           **kw)).eval()
 
 
-def _render_small(model: SDFOcc, batch, h: int = 8, w: int = 14):
-    """Render the current frame's cameras at h x w pixel centres (no jitter)."""
-    from selfsup.model_api import PixelGrid
-
-    K = batch.K[:, 0].clone()
-    K[..., :2, :] *= h / 64
+def _render_small(model: SDFOcc, batch):
+    """Render the current frame's cameras at 8 x 14 pixel centres (no jitter)."""
+    K, T, grid = _small_cameras(batch)
     with torch.no_grad():
-        return model.render(model.encode(batch), K, batch.T_ego_cam[:, 0], PixelGrid.make((h, w), (h, w), jitter=False))
+        return model.render(model.encode(batch), K, T, grid)
 
 
 def test_learned_background_stops_rays_leaving_through_the_bottom_at_the_exit(batch):

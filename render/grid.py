@@ -105,7 +105,15 @@ class BoxWarp:
                 torch.tensor(self.upper, dtype=torch.float32, device=device))
 
     def _knots(self, device, dtype) -> tuple[Tensor, Tensor]:
-        """World and unit knots ``[3, 4]`` each."""
+        """World and unit knots ``[3, 4]`` each, built once per device and dtype (no
+        host-to-device copy per lookup)."""
+        cache = self.__dict__.setdefault("_knot_cache", {})
+        key = (str(device), dtype)
+        if key not in cache:
+            cache[key] = self._build_knots(device, dtype)
+        return cache[key]
+
+    def _build_knots(self, device, dtype) -> tuple[Tensor, Tensor]:
         world = torch.tensor([[self.lower[k], self.inner_lower[k], self.inner_upper[k], self.upper[k]] for k in range(3)],
                              device=device, dtype=dtype)
         unit = []

@@ -196,6 +196,42 @@ def neus_alpha(
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clip(0.0, 1.0)
 
 
+def median_distance(
+    weights: Float[Tensor, "*b S"], t: Float[Tensor, "*b S"], eps: float = 1e-10
+) -> Float[Tensor, "*b"]:
+    """Median distance of each ray: the first sample where the accumulated weight reaches
+    half of the ray's total weight, ``t_k`` with ``k = min{k : sum_{i<=k} w_i >= 0.5 sum_i w_i}``.
+
+    Unlike the expected distance ``sum_i w_i t_i / sum_i w_i``, it does not fall between two
+    surfaces when a ray's weight is split between them (a thin canopy in front of a far
+    wall, a blurred object edge): it is the distance where the ray's transmittance, given
+    that it stops, crosses one half. Not differentiable in ``weights`` (use it for
+    evaluation and pictures).
+
+    Args:
+        weights: compositing weights ``w_i >= 0`` in sample order (the background sample,
+            if any, last).
+        t: the samples' distances along the ray, metres, non-decreasing.
+        eps: guards rays whose weights sum to 0 (they get their last sample's distance).
+
+    Returns:
+        the median distance of every ray, metres.
+
+    Raises:
+        ValueError: if the shapes differ.
+
+    Source: the "median depth" of NeRF-style renderers (e.g. Mip-NeRF 360, Barron et al.
+    2022; nerfstudio's ``DepthRenderer(method="median")``).
+    """
+    if weights.shape != t.shape:
+        raise ValueError(f"median_distance: weights {tuple(weights.shape)} and t {tuple(t.shape)} must match")
+    cum = torch.cumsum(weights, dim=-1)
+    half = 0.5 * cum[..., -1:]
+    k = (cum < half).sum(dim=-1, keepdim=True).clamp_max(t.shape[-1] - 1)
+    k = torch.where(half > eps, k, torch.full_like(k, t.shape[-1] - 1))
+    return torch.gather(t, -1, k).squeeze(-1)
+
+
 def depth_from_dist(dist: Float[Tensor, "*b"], depth_per_dist: Float[Tensor, "*b"]) -> Float[Tensor, "*b"]:
     """Camera depth (z in the camera frame) from distance along a unit ray, metres.
 

@@ -12,6 +12,7 @@ from render.volume import (
     FieldSamples,
     NeuSRenderer,
     depth_from_dist,
+    median_distance,
     neus_alpha,
     render_density,
     resolve_backend,
@@ -401,9 +402,30 @@ def test_log_spacing_tiles_the_ray_with_a_constant_ratio_and_renders_planes_exac
     out = renderer(num_samples=64, init_variance=0.5, spacing="log")(
         plane_field(), origins, directions, torch.full((2,), 0.5, dtype=torch.float64), torch.full((2,), 10.0, dtype=torch.float64))
     half_interval = 0.5 * 5.0 * (20.0 ** (1 / 64) - 1)  # 0.12 m
-    assert float((out.dist - 5.0).abs().max()) < half_interval
+    assert float((out.dist.detach() - 5.0).abs().max()) < half_interval
     torch.testing.assert_close(out.opacity, torch.ones(2, dtype=torch.float64), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="near > 0"):
         renderer(spacing="log")._sample_edges(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), None)
     with pytest.raises(ValueError, match="spacing"):
         NeuSRenderer(spacing="disparity")
+
+
+def test_median_distance_picks_the_surface_holding_half_the_weight():
+    t = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).expand(4, 4)
+    w = torch.tensor([
+        [0.0, 0.4, 0.0, 0.6],  # split between two surfaces: expected 3.2 m, median 4 m
+        [0.0, 0.6, 0.0, 0.4],  # the nearer one holds more than half
+        [0.0, 0.0, 0.0, 0.0],  # nothing stops the ray: its last sample
+        [0.0, 2.0, 0.0, 2.0],  # unnormalised weights: half of their sum, exactly reached
+    ])
+    torch.testing.assert_close(median_distance(w, t), torch.tensor([4.0, 2.0, 4.0, 2.0]))
+    with pytest.raises((ValueError, TypeError)):  # jaxtyping's run-time check, or ours without it
+        median_distance(w[:, :3], t)
+
+
+def test_median_distance_of_a_rendered_plane_is_the_plane_within_one_sample():
+    origins, directions = x_rays(2)
+    near, far = torch.zeros(2, dtype=torch.float64), torch.full((2,), 10.0, dtype=torch.float64)
+    out = renderer(num_samples=64, init_variance=0.3)(plane_field(5.0), origins, directions, near, far)
+    spacing = 10.0 / 64
+    assert (median_distance(out.weights, out.t) - 5.0).abs().max() <= spacing

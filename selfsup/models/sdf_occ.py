@@ -192,9 +192,8 @@ class SDFOcc(OccupancyModel):
         depth_estimator: the rendered depth (evaluation, pictures; no loss reads it):
             "expected" (SelfOcc) or "median", the distance where half of the ray's weight,
             background included, has accumulated (``render.volume.median_distance``).
-            Measured on the demo's runs (seeds 0 / 1), median-scaled AbsRel 0.236 / 0.229
-            against 0.229 / 0.222 for "expected": tree canopies split their weight less
-            than the expected depth's blur suggested.
+            Measured on the demo's trained runs (seeds 0 / 1): median-scaled AbsRel 0.236 /
+            0.229 against 0.229 / 0.222 for "expected".
 
     Raises:
         ValueError: unknown loss names, negative weights, a depth weight without a depth

@@ -12,6 +12,8 @@ from selfsup.training.experiment import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DDAD_SAMPLE_ROOT = str(REPO / "data/samples/ddad/test_scene")
+# Self-occlusion masks of the DDAD rig's cameras (scripts/make_ddad_ego_masks.py).
+DDAD_EGO_MASKS = str(REPO / "data/samples/ddad/ego_masks")
 NUSCENES_SAMPLE_ROOT = str(REPO / "data/samples/nuscenes")
 NUSCENES_EGO_MASKS = str(REPO / "data/samples/nuscenes_raw/ego_masks")
 NUSCENES_ROOT = "data/nuscenes"  # full download; override with --set train_data.data_root=...

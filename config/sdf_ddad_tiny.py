@@ -83,7 +83,7 @@
 #   points beyond 1 m, predictions never 0).
 import fiddle as fdl
 
-from config.common import DDAD_SAMPLE_ROOT, occ3d_grid, selfocc_optimizer, timm_fpn
+from config.common import DDAD_EGO_MASKS, DDAD_SAMPLE_ROOT, occ3d_grid, selfocc_optimizer, timm_fpn
 from render.volume import NeuSRenderer
 from selfsup.data.cache import CachedDataset
 from selfsup.data.ddad import DDADFrames
@@ -93,7 +93,8 @@ from selfsup.training.experiment import EvalSettings, Experiment
 
 data = fdl.Config(
     CachedDataset,
-    dataset=fdl.Config(DDADFrames, root=DDAD_SAMPLE_ROOT, scene="scene_02", neighbours=(-1, 1), image_hw=(96, 176)),
+    dataset=fdl.Config(DDADFrames, root=DDAD_SAMPLE_ROOT, scene="scene_02", neighbours=(-1, 1), image_hw=(96, 176),
+                       ego_mask_dir=DDAD_EGO_MASKS),
 )
 
 model = fdl.Config(

@@ -262,6 +262,8 @@ def write_pictures(folder: Path, data, hw, limits, depth_res, occupancy, gt) -> 
     _, targets = frame_lidar_targets(batch, 0, hw, **limits)
     images = F.interpolate(batch.images[0, 0], size=hw, mode="bilinear", align_corners=False).clamp(0, 1)
     images = images.permute(0, 2, 3, 1).numpy()
+    # The ego car's pixels (kept out of the photometric loss), outlined on the input images.
+    body = ~F.interpolate(batch.valid_masks[0, :, None].float(), size=hw, mode="nearest")[:, 0].numpy().astype(bool)
     vmax = 60.0
     cmap = "turbo_r"
     written = []
@@ -285,6 +287,9 @@ def write_pictures(folder: Path, data, hw, limits, depth_res, occupancy, gt) -> 
                 ax.set_xticks([]), ax.set_yticks([])
                 if key is None:
                     ax.imshow(images[v])
+                    if body[v].any():
+                        ax.contour(body[v], levels=[0.5], colors="magenta", linewidths=0.8)
+                        title = f"{title} (magenta: own car, not in the loss)"
                 elif key == "lidar":
                     ax.imshow(images[v] * 0.35)
                     sc = ax.scatter(target.cols.numpy() + 0.5, target.rows.numpy() + 0.5, c=target.depth.numpy(),

@@ -102,3 +102,27 @@ def test_errors(root, tmp_path):
     victim.unlink()
     with pytest.raises(FileNotFoundError, match=re.escape(victim.name)):
         ds[0]
+
+
+def test_bundled_ego_masks_are_the_scripts_polygons_and_load_per_camera(root, tmp_path):
+    """``data/samples/ddad/ego_masks`` is what ``scripts/make_ddad_ego_masks.py`` draws, and
+    ``DDADFrames(ego_mask_dir=...)`` reads it per camera: CAMERA_01 sees no car body,
+    CAMERA_07 / CAMERA_08 (roof and side panels) about a quarter of the image."""
+    import numpy as np
+    from PIL import Image
+
+    from scripts.make_ddad_ego_masks import main as make_masks
+
+    bundled = root.parent / "ego_masks"
+    make_masks(["--out", str(tmp_path)])
+    for cam in DDAD_CAMERAS:
+        drawn = np.asarray(Image.open(tmp_path / f"{cam}_mask.png"))
+        assert np.array_equal(drawn, np.asarray(Image.open(bundled / f"{cam}_mask.png"))), cam
+    ds = DDADFrames(str(root), image_hw=HW, load_lidar=False, ego_mask_dir=str(bundled))
+    body = {cam: 1.0 - float(m.float().mean()) for cam, m in zip(DDAD_CAMERAS, ds[0].valid_masks)}
+    assert body["CAMERA_01"] == 0.0
+    assert 0.2 < body["CAMERA_07"] < 0.35 and 0.2 < body["CAMERA_08"] < 0.35
+    assert 0.05 < body["CAMERA_05"] < 0.15 and 0.05 < body["CAMERA_06"] < 0.15 and 0.1 < body["CAMERA_09"] < 0.25
+    # The body is at the bottom of the side and rear images: their last row is all car.
+    for cam in ("CAMERA_05", "CAMERA_07", "CAMERA_08", "CAMERA_09"):
+        assert not ds[0].valid_masks[DDAD_CAMERAS.index(cam), -1].any(), cam

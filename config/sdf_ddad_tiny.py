@@ -10,7 +10,13 @@
 # geometry to the reflections: with the masks the median-scaled AbsRel went from 0.229 / 0.222
 # / 0.224 to 0.207 / 0.207 / 0.209 (seeds 0 / 1 / 2, one thread each), CAMERA_07's from 0.267
 # to 0.174. Also treating samples that land on the car in a *source* image as unseen scored
-# 0.210 / 0.218 (seeds 0 / 1) and is not done. The comparisons below predate the masks.
+# 0.210 / 0.218 (seeds 0 / 1) and is not done. Seeds 3 and 4 with the masks: 0.219 / 0.214
+# (five-seed mean 0.211; fresh-clone `make demo`, two threads: 0.210). Tried with the masks,
+# seed 0, not kept: 256 samples 0.224; background "horizon" 0.216, "far" 0.225; no hessian
+# 0.215; train_frames "random" 0.223; sharpness_ramp (0.5, 20, 400) from init_variance -0.07
+# 0.236; the photometric depth search as a target (weight 0.05) 0.220, IoU 15.7 %; with the
+# source-side masking: (160, 160, 8) grid 0.220, 1500 steps 0.218, 256 samples 0.208.
+# The comparisons below predate the masks.
 #
 # Departures from SelfOcc's nuScenes setting (config/sdf_nuscenes.py lists that one's own):
 # - one scene, one scored frame, trained on itself (test-time optimisation), 96 x 176 images;

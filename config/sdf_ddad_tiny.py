@@ -3,7 +3,7 @@
 # and next frames (1.0 s apart, about 1.3 m of ego motion each way) as photometric sources,
 # 6 cameras at 96 x 176 pixels (1216 x 1936 scaled by 1/11, top rows cropped).
 # No LiDAR or other depth enters the loss; the LiDAR is used only by the evaluation.
-# The recording car's own body (bonnet, roof, side panels: 8-28 % of five of the six images,
+# The recording car's own body (painted and glossy panels, roof: 8-28 % of five of the six images,
 # none of CAMERA_01) is kept out of the loss by hand-traced masks (data/samples/ddad/ego_masks,
 # scripts/make_ddad_ego_masks.py), as self-supervised DDAD methods do. The panels are glossy
 # and mirror the moving scene, so auto-masking does not remove them and the loss fitted

@@ -1,8 +1,8 @@
 """Write the ego-vehicle (self-occlusion) masks of the bundled DDAD rig.
 
-DDAD's cameras see parts of the recording car: the bonnet in CAMERA_09, the roof and
-body panels in CAMERA_07 and CAMERA_08 (about a quarter of those images), the wheel
-arches in CAMERA_05 and CAMERA_06; CAMERA_01 sees none. The panels are glossy: they mirror
+DDAD's cameras see parts of the recording car: a painted body panel in CAMERA_09, the roof and
+body panels in CAMERA_07 and CAMERA_08 (about a quarter of those images), the lower
+body in CAMERA_05 and CAMERA_06; CAMERA_01 sees none. The panels are glossy: they mirror
 the sky and the trees, and the mirrored image changes from frame to frame, so the
 photometric loss's auto-masking (which catches pixels that do not change) does not remove
 them, and the loss fits geometry to reflections. Self-supervised surround-view methods on

@@ -107,7 +107,7 @@ def test_errors(root, tmp_path):
 def test_bundled_ego_masks_are_the_scripts_polygons_and_load_per_camera(root, tmp_path):
     """``data/samples/ddad/ego_masks`` is what ``scripts/make_ddad_ego_masks.py`` draws, and
     ``DDADFrames(ego_mask_dir=...)`` reads it per camera: CAMERA_01 sees no car body,
-    CAMERA_07 / CAMERA_08 (roof and side panels) about a quarter of the image."""
+    CAMERA_07 / CAMERA_08 (roof and body panels) about a quarter of the image."""
     import numpy as np
     from PIL import Image
 

@@ -102,6 +102,8 @@ LOSS_NAMES: dict[str, str] = {
     "flow_reg": "squared length of the temporal flow (regularizer)",
     "search": "rendered distance vs the non-local photometric depth search, L1 of logs (SDFOcc, losses.stereo)",
     "free_space": "negative SDF at the samples a ray passes before it stops (SDFOcc, losses.free_space_loss)",
+    "patch_photometric": "photometric error with every sample matched by its own 3 x 3 patch, beside the ray-grid one (SDFOcc)",
+    "distortion": "spread of each ray's weights in log distance, background included (SDFOcc, losses.distortion_loss)",
     "prior": "mean squared distance (m^2) of the decoded SDF grid from its analytic prior (SDFOcc)",
 }
 STAT_NAMES: dict[str, str] = {

@@ -13,6 +13,7 @@ from selfsup.losses.photometric import (
 )
 from selfsup.losses.regularizers import (
     axis_offsets,
+    distortion_loss,
     eikonal_loss,
     free_space_loss,
     grid_eikonal_loss,
@@ -27,6 +28,7 @@ __all__ = [
     "axis_offsets",
     "depth_l1_loss",
     "depth_mse_loss",
+    "distortion_loss",
     "flow_regularization",
     "eikonal_loss",
     "free_space_loss",

@@ -202,3 +202,47 @@ def free_space_loss(
         free = ((1.0 - torch.cumsum(weights, dim=-1)) > 0.5).to(sdf.dtype)
     per_ray = (free * torch.relu(margin - sdf)).sum(dim=-1) / free.sum(dim=-1).clamp_min(1.0)
     return masked_mean(per_ray, mask)
+
+
+def distortion_loss(
+    weights: Float[Tensor, "*r S"],
+    dist: Float[Tensor, "*r S"],
+    mask: Bool[Tensor, "*r"] | None = None,
+    min_dist: float = 1e-3,
+) -> Float[Tensor, ""]:
+    """Distortion of the weights along each ray, in log distance: how far apart a ray's
+    weight is spread.
+
+    Per ray ``sum_{i,j} w_i w_j |s_i - s_j|`` with ``s = log(dist)``, computed in ``O(S)`` as
+    ``2 sum_i w_i (s_i W_{<i} - S_{<i})`` (``W_{<i}``, ``S_{<i}``: cumulative sums of ``w`` and
+    ``w s`` before ``i``); the mean over the counted rays. It is 0 when a ray's weight sits at
+    one distance, and ``2 a b |log(t_a / t_b)|`` when it is split ``a`` / ``b`` between two:
+    a ray that half stops at 5 m and half leaks to a background at 30 m pays 0.9. Log
+    distance makes a split cost the same at every range, as relative depth errors (AbsRel) do.
+    Include the background (leftover transmittance) as the last sample, so that leaking
+    through a surface counts.
+
+    Args:
+        weights: compositing weights of the samples, near to far (their sum is at most 1).
+        dist: distance of each sample along its ray, metres, non-decreasing.
+        mask: rays that count; all without a mask.
+        min_dist: distances are clamped to this before the log, metres.
+
+    Returns:
+        The loss (unit-free; 0 when no ray counts).
+
+    Source: Mip-NeRF 360 (Barron et al. 2022), Eq. 15, its first (inter-interval) term, with
+    point samples in log distance instead of intervals in normalised contracted distance; the
+    O(S) form as in DVGO v2 (Sun et al. 2022).
+
+    >>> w = torch.tensor([[0.5, 0.0, 0.5]])
+    >>> t = torch.tensor([[1.0, 2.0, 4.0]])
+    >>> distortion_loss(w, t)  # 2 * 0.25 * log(4)
+    tensor(0.6931)
+    """
+    s = torch.log(dist.clamp_min(min_dist))
+    ws = weights * s
+    before_w = torch.cumsum(weights, dim=-1) - weights
+    before_ws = torch.cumsum(ws, dim=-1) - ws
+    per_ray = 2.0 * (weights * (s * before_w - before_ws)).sum(dim=-1)
+    return masked_mean(per_ray, mask)

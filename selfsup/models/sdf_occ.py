@@ -40,6 +40,7 @@ from selfsup.encoders.timm_fpn import TimmFPN
 from selfsup.losses import (
     axis_offsets,
     eikonal_loss,
+    distortion_loss,
     free_space_loss,
     grid_eikonal_loss,
     grid_hessian_loss,
@@ -71,6 +72,8 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "semantic": 0.1,
     "search": 0.0,
     "free_space": 0.0,
+    "distortion": 0.0,
+    "patch_photometric": 0.0,
     "prior": 0.0,
 }
 SDF_REGULARIZERS = ("eikonal", "hessian", "prior")
@@ -144,6 +147,9 @@ class SDFOcc(OccupancyModel):
         free_space_margin: SDF (metres) the samples in front of the rendered surface must
             exceed under the "free_space" objective (``selfsup.losses.free_space_loss``;
             not in SelfOcc, weight 0 by default).
+        free_space_min_opacity: only rays whose in-box opacity reaches this count under
+            "free_space" (0: all). A ray that leaks to the background then does not empty its
+            whole path. Measured on the demo (seed 0, 0.5): median AbsRel 0.222 against 0.207.
         background: "none" (SelfOcc): rendered distance is the opacity-normalised expected
             distance clamped to the ray's sample range. "box_exit": what is left of a ray's
             transmittance when it leaves the box (or reaches ``far``) stops there, at a
@@ -189,6 +195,11 @@ class SDFOcc(OccupancyModel):
             its own ``k x k`` patch (pixels ``dilation`` apart) in the source against the
             ray's patch in the target image (``photometric_objective(patch=k)``); 0: SelfOcc's
             SSIM of the weight-blended colour on the ray grid.
+        photometric_patch_warp: how those patches (and the "patch_photometric" objective's)
+            are read in the source: "fronto" (the same pixel offsets: a fronto-parallel
+            patch) or "plane" (through each sample's tangent plane, the normal taken from the
+            decoded grid's SDF gradient; ``objectives.photometric.plane_patch_points``). Needs
+            ``field_resolution``.
         depth_estimator: the rendered depth (evaluation, pictures; no loss reads it):
             "expected" (SelfOcc) or "median", the distance where half of the ray's weight,
             background included, has accumulated (``render.volume.median_distance``).
@@ -231,6 +242,7 @@ class SDFOcc(OccupancyModel):
         cos_anneal_steps: int = 0,
         photometric_reduction: Literal["min", "mean"] = "min",
         free_space_margin: float = 0.0,
+        free_space_min_opacity: float = 0.0,
         background: Literal["none", "box_exit", "horizon", "far", "learned"] = "none",
         sharpness_ramp: tuple[float, float, int] | None = None,
         background_bins: int = 8,
@@ -243,6 +255,7 @@ class SDFOcc(OccupancyModel):
         patch_stride: float = 1.0,
         photometric_patch: int = 0,
         photometric_patch_dilation: int = 1,
+        photometric_patch_warp: Literal["fronto", "plane"] = "fronto",
         depth_estimator: Literal["expected", "median"] = "expected",
     ):
         super().__init__()
@@ -278,11 +291,15 @@ class SDFOcc(OccupancyModel):
         defaults: dict[str, Callable] = {
             "photometric": functools.partial(
                 photometric_objective, reduction=photometric_reduction, spatial_sources=spatial_sources,
-                patch=photometric_patch, patch_dilation=photometric_patch_dilation),
+                patch=photometric_patch, patch_dilation=photometric_patch_dilation, patch_warp=photometric_patch_warp),
             "rgb": rgb_objective,
             "semantic": semantic_objective,
             "search": self._search_objective,
             "free_space": self._free_space_objective,
+            "distortion": self._distortion_objective,
+            "patch_photometric": functools.partial(
+                photometric_objective, reduction=photometric_reduction, spatial_sources=spatial_sources,
+                patch=3, patch_dilation=photometric_patch_dilation, patch_warp=photometric_patch_warp),
         }
         if depth_source != "none":
             defaults["depth"] = functools.partial(depth_objective, source=depth_source, norm="l1", on="expected")
@@ -319,6 +336,11 @@ class SDFOcc(OccupancyModel):
         self.patch_stride = float(patch_stride)
         self.cos_anneal_steps = cos_anneal_steps
         self.free_space_margin = free_space_margin
+        self.free_space_min_opacity = free_space_min_opacity
+        check_choice("SDFOcc", "photometric_patch_warp", photometric_patch_warp, ("fronto", "plane"))
+        if photometric_patch_warp == "plane" and field_resolution is None:
+            raise ValueError('SDFOcc: photometric_patch_warp="plane" needs field_resolution (normals from the decoded grid)')
+        self.photometric_patch_warp = photometric_patch_warp
         check_choice("SDFOcc", "background", background, ("none", "box_exit", "horizon", "far", "learned"))
         if background == "learned":
             if background_bins < 2 or len(background_map_hw) != 2 or min(background_map_hw) < 1:
@@ -457,6 +479,9 @@ class SDFOcc(OccupancyModel):
         ray_far = far.reshape(batch, views, R).clamp_min(self.near)
         feats = stack("features")
         points, weights, sample_sdf, t = stack("points"), stack("weights"), stack("sdf"), stack("t")
+        normals = None
+        if self.photometric_patch_warp == "plane" and scene.sdf_grid is not None and self.training:
+            normals = self._grid_normals(scene, points)
         if self.background != "none":
             # The leftover transmittance stops at the background: one more sample there,
             # outside the field.
@@ -483,6 +508,8 @@ class SDFOcc(OccupancyModel):
             points = torch.cat([points, exit_points], dim=-2)
             weights = torch.cat([weights, bg_weights], dim=-1)
             t = torch.cat([t, t_bg], dim=-1)
+            if normals is not None:  # the background has no plane
+                normals = torch.cat([normals, normals.new_zeros(*normals.shape[:-2], t_bg.shape[-1], 3)], dim=-2)
             sample_sdf = torch.cat([sample_sdf, torch.full_like(sample_sdf[..., :1], rep.outside_sdf).expand(*sample_sdf.shape[:-1], t_bg.shape[-1])], dim=-1)
             if rep.rgb and feats.shape[-1] >= 3:
                 bg = torch.cat([torch.sigmoid(self.background_rgb), feats.new_zeros(feats.shape[-1] - 3)])
@@ -497,6 +524,9 @@ class SDFOcc(OccupancyModel):
         extras = {"sdf_gradients": torch.stack(grads)} if all(g is not None for g in grads) else {}
         extras["dist"] = dist
         extras["sample_sdf"] = sample_sdf
+        extras["sample_dist"] = t
+        if normals is not None:
+            extras["sample_normals"] = normals
         extras["ray_far"] = far.reshape(batch, views, R)
         return RenderedViews(
             depth=dist * rays.depth_per_dist,
@@ -615,7 +645,35 @@ class SDFOcc(OccupancyModel):
     def _free_space_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
         """``selfsup.losses.free_space_loss`` on the rendered rays: the samples a ray passes
         before it stops must have SDF above ``free_space_margin``."""
+        if self.free_space_min_opacity > 0:
+            mask = mask & (views.opacity.detach() >= self.free_space_min_opacity)
         return free_space_loss(views.extras["sample_sdf"], views.sample_weights, mask, self.free_space_margin)
+
+    @torch.no_grad()
+    def _grid_normals(self, scene: TPVScene, points: Float[Tensor, "B V R S 3"]) -> Float[Tensor, "B V R S 3"]:
+        """SDF gradients of the decoded grid (central differences, ``torch.gradient``) read
+        trilinearly at ``points`` (ego frame, metres); zero outside the box."""
+        rep = self.representation
+        if rep.field_box.has_shell:
+            spacing = [rep._cell_centres(k, n) for k, n in enumerate(self.field_resolution)]
+        else:
+            spacing = [float(x) for x in grid_spacing(self.field_resolution, *rep.field_box.box())]
+        lower, upper = rep.field_box.box(points.device)
+        out = []
+        for b in range(points.shape[0]):
+            sdf = scene.sdf_grid[b].detach()
+            grad = torch.stack(torch.gradient(sdf, spacing=spacing, dim=(0, 1, 2)))
+            field = GridField(sdf, grad, lower, upper, rep.outside_sdf, rep.field_box)
+            flat = points[b].reshape(-1, 3)
+            n = field(flat).features
+            inside = ((flat >= lower) & (flat <= upper)).all(-1, keepdim=True)
+            out.append(torch.where(inside, n, torch.zeros_like(n)).reshape(points.shape[1:]))
+        return torch.stack(out)
+
+    def _distortion_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
+        """``selfsup.losses.distortion_loss`` on the rendered rays, the background sample
+        (leftover transmittance) included: each ray should stop at one distance."""
+        return distortion_loss(views.sample_weights, views.extras["sample_dist"], mask)
 
     # ------------------------------------------------------------------ depth search
     def _search_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor | None:

@@ -39,11 +39,64 @@ def camera_neighbours(T_ego_cam: Float[Tensor, "B V 4 4"], k: int) -> Int[Tensor
     return cos.topk(k, dim=-1).indices
 
 
+def plane_patch_points(
+    points: Float[Tensor, "N R S 3"],
+    normals: Float[Tensor, "N R S 3"],
+    pixels: Float[Tensor, "N R 2"],
+    K: Float[Tensor, "N 3 3"],
+    T_ego_cam: Float[Tensor, "N 4 4"],
+    offsets: Float[Tensor, "K2 2"],
+    max_ratio: float = 2.0,
+) -> Float[Tensor, "N R S K2 3"]:
+    """Where the pixels of each sample's patch see the sample's tangent plane: the points to
+    project into a source so that the patch is warped by the plane-induced homography.
+
+    For the ray of pixel ``p`` and its sample ``x`` with surface normal ``n``, the pixel
+    ``p + offsets[k]`` of the same camera looks along ``d_k = R K^-1 [p + offsets[k], 1]``
+    from the camera centre ``o``; its ray meets the plane ``n . (y - x) = 0`` at ``y_k = o +
+    d_k n . (x - o) / n . d_k``. ``d_k`` has unit camera z, so that parameter is ``y_k``'s
+    depth; it is clamped to ``[z / max_ratio, z max_ratio]`` of the sample's depth ``z``, and
+    where the normal is zero, the ray grazes the plane or the hit is behind the camera, the
+    patch stays at depth ``z`` (fronto-parallel).
+
+    Args:
+        points: sample positions in the ego frame of ``T_ego_cam``, metres; each on the ray of
+            its ``pixels`` entry.
+        normals: SDF gradients there (any length; zero: no plane).
+        pixels: the rays' pixels (u, v; centres at +0.5).
+        K, T_ego_cam: the target camera (intrinsics, camera -> ego).
+        offsets: the patch's pixel offsets (u, v).
+        max_ratio: the bound on the depth change across a patch.
+
+    Returns:
+        ``y_k`` per sample and offset, ego frame, metres.
+
+    Source: the plane-induced homography (Hartley & Zisserman, Multiple View Geometry,
+    Sec. 13.1) as used to warp patches through a neural surface (NeuralWarp, Darmon et al.
+    2022; Geo-NeuS, Fu et al. 2022).
+    """
+    R = T_ego_cam[:, :3, :3]
+    origin = T_ego_cam[:, None, None, :3, 3]  # [N 1 1 3]
+    pix = pixels[:, :, None, :] + offsets  # [N R K2 2]
+    homog = torch.cat([pix, torch.ones_like(pix[..., :1])], dim=-1)
+    d_cam = torch.einsum("nij,nrkj->nrki", torch.linalg.inv(K), homog)  # unit camera z
+    d = torch.einsum("nij,nrkj->nrki", R, d_cam)  # [N R K2 3]
+    rel = points - origin  # [N R S 3]
+    z = torch.einsum("nrsc,nc->nrs", rel, R[:, :, 2])[..., None]  # sample depth [N R S 1]
+    num = (rel * normals).sum(-1, keepdim=True)  # [N R S 1]
+    den = torch.einsum("nrsc,nrkc->nrsk", normals, d)  # [N R S K2]
+    depth = num / torch.where(den.abs() > 1e-6, den, torch.ones_like(den))
+    ok = (den.abs() > 1e-6) & (depth > 0) & torch.isfinite(depth)
+    depth = torch.where(ok, torch.minimum(torch.maximum(depth, z / max_ratio), z * max_ratio), z.expand_as(depth))
+    return origin[..., None, :] + depth[..., None] * d[:, :, None]
+
+
 def photometric_objective(
     views: RenderedViews, batch: Frames, mask: Bool[Tensor, "B V R"], reduction: str = "min",
     spatial_sources: int = 0,
     patch: int = 0,
     patch_dilation: int = 1,
+    patch_warp: str = "fronto",
 ) -> Tensor | None:
     """Reprojection loss of the rendered sample points into the other frames (and, with
     ``spatial_sources``, the neighbouring cameras), auto-masked.
@@ -73,7 +126,11 @@ def photometric_objective(
     its projection into the source (``patch_dilation`` pixels apart) is compared with the
     patch around the ray's pixel in frame f by :func:`~selfsup.losses.photometric.patch_error`
     (``0.85 (1 - SSIM) / 2`` over the patch ``+ 0.15 |centre difference|``), and ``e_m = sum_i w~_i pe_i^m``; the
-    unwarped sources' patches at the ray's pixel give the auto-masking errors. Not in
+    unwarped sources' patches at the ray's pixel give the auto-masking errors.
+    ``patch_warp="fronto"`` reads the source patch at the same pixel offsets around the
+    projection (a fronto-parallel patch, which favours surfaces facing the camera: ground
+    seen at a grazing angle then rises); "plane" warps it through each sample's tangent plane
+    (:func:`plane_patch_points`, from ``views.extras["sample_normals"]``). Not in
     SelfOcc: its SSIM compares the weight-blended colour on the ray grid, whose neighbours
     are rays several pixels apart, so most of the matching cue is one pixel's colour.
 
@@ -121,13 +178,40 @@ def photometric_objective(
             unfolded = unfold_patches(batch.images.flatten(0, 2), patch, patch_dilation).unflatten(0, (B, T, V))
         target_patches = sample_image(unfolded[:, f].flatten(0, 1), pixels)[0]
         target_patches = target_patches.transpose(1, 2).unflatten(1, (3, K2))  # [N 3 K R]
+        if patch_warp == "plane":
+            normals = views.extras.get("sample_normals")
+            if normals is None:
+                raise ValueError('photometric_objective: patch_warp="plane" needs views.extras["sample_normals"]')
+            r = patch // 2
+            steps = torch.arange(-r, r + 1, device=pts.device, dtype=pts.dtype) * patch_dilation
+            dv, du = torch.meshgrid(steps, steps, indexing="ij")  # row-major, as unfold_patches
+            offsets = torch.stack([du.flatten(), dv.flatten()], dim=-1)
+            with torch.no_grad():
+                plane_pts = plane_patch_points(
+                    pts.reshape(N, rows * cols, S, 3), normals.reshape(N, rows * cols, S, 3), pixels,
+                    batch.K[:, f].flatten(0, 1), T_ego0_cam[:, f].flatten(0, 1), offsets)
+    if patch_warp not in ("fronto", "plane"):
+        raise ValueError(f"photometric_objective: patch_warp must be 'fronto' or 'plane', got {patch_warp!r}")
     errors, in_view, identity = [], [], []
     for t, cams, _ in sources:
         src = batch.images[:, t][b_idx, cams].flatten(0, 1)
         with torch.no_grad():  # the sample points are detached: colours carry no gradient
             uv_src, _, in_front = project_points(
                 pts, batch.K[:, t][b_idx, cams].flatten(0, 1), T_ego0_cam[:, t][b_idx, cams].flatten(0, 1))
-            if patch:
+            if patch and patch_warp == "plane":
+                K_src = batch.K[:, t][b_idx, cams].flatten(0, 1)
+                T_src = T_ego0_cam[:, t][b_idx, cams].flatten(0, 1)
+                uv_k, _, front_k = project_points(plane_pts.reshape(N, -1, 3), K_src, T_src)
+                c, inside_k = sample_image(src, uv_k)  # [N R*S*K2 3]
+                c = c.reshape(N, -1, S, K2, 3).permute(0, 4, 3, 1, 2)  # [N 3 K2 R S]
+                sample_err = patch_error(c, target_patches).reshape(N, rows, cols, S)
+                # The sample counts where its whole patch lands in front and inside.
+                inside = (inside_k & front_k).reshape(N, -1, K2).all(-1)
+                if len(identity) < n_identity:
+                    same_pixel = sample_image(unfolded[:, t][b_idx, cams].flatten(0, 1), pixels)[0]
+                    same_pixel = same_pixel.transpose(1, 2).unflatten(1, (3, K2))
+                    identity.append(patch_error(same_pixel[..., None], target_patches).reshape(N, rows, cols))
+            elif patch:
                 src_patches = unfolded[:, t][b_idx, cams].flatten(0, 1)
                 # One image at a time keeps the patch reads at one image's size (about 7 MB
                 # at the demo's 512 rays x 129 samples, instead of 43 MB for six images).

@@ -350,6 +350,74 @@ def test_free_space_loss_is_zero_for_a_true_sdf_and_penalises_matter_the_ray_pas
     torch.testing.assert_close(sdf.grad, torch.tensor([[-0.5, 0.0, 0.0]]))  # the stop sample is free
 
 
+def test_distortion_loss_matches_the_pairwise_sum_and_pulls_a_split_ray_together():
+    from selfsup.losses import distortion_loss
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand(5, 7, generator=gen)
+    w = w / w.sum(-1, keepdim=True) * torch.rand(5, 1, generator=gen)
+    t = torch.sort(torch.rand(5, 7, generator=gen) * 50 + 0.5, dim=-1).values
+    s = torch.log(t)
+    pairwise = (w[:, :, None] * w[:, None, :] * (s[:, :, None] - s[:, None, :]).abs()).sum((-1, -2))
+    torch.testing.assert_close(distortion_loss(w, t), pairwise.mean())
+    # All weight at one distance: nothing to pay, at any range.
+    one = torch.zeros(1, 7)
+    one[0, 3] = 1.0
+    assert float(distortion_loss(one, t[:1])) == 0.0
+    # Half at 5 m, half leaking to a 30 m background: 2 * 0.25 * log(6); the same split ten
+    # times farther costs the same (log distance).
+    split = torch.tensor([[0.5, 0.0, 0.5]], requires_grad=True)
+    near = torch.tensor([[5.0, 10.0, 30.0]])
+    loss = distortion_loss(split, near)
+    assert float(loss.detach()) == pytest.approx(0.5 * math.log(6.0), rel=1e-6)
+    assert float(distortion_loss(split, near * 10).detach()) == pytest.approx(float(loss.detach()), rel=1e-6)
+    loss.backward()
+    # d/dw_i = 2 sum_j w_j |s_i - s_j|: weight moved to either end of the split lowers it.
+    torch.testing.assert_close(split.grad, torch.tensor([[math.log(6.0), math.log(2.0) + math.log(3.0), math.log(6.0)]]))
+    # The mask picks rays; no counted ray gives 0.
+    both = torch.cat([one, torch.tensor([[0.5, 0, 0, 0, 0, 0, 0.5]])])
+    assert float(distortion_loss(both, t[:2], torch.tensor([True, False]))) == 0.0
+    assert float(distortion_loss(both, t[:2], torch.tensor([False, False]))) == 0.0
+
+
+def test_distortion_objective_counts_the_background_sample(batch):
+    model = _model(field_resolution=(32, 32, 8), background="box_exit", loss_weights=dict(distortion=1.0))
+    model.train()
+    out = model(batch)
+    value = out.terms["loss/distortion"]
+    assert torch.isfinite(value) and float(value) > 0.0
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.representation.parameters())
+
+
+def test_patch_photometric_objective_runs_beside_the_ray_grid_one(batch):
+    model = _model(field_resolution=(32, 32, 8), background="box_exit", loss_weights=dict(photometric=1.0, patch_photometric=0.5))
+    model.train()
+    out = model(batch)
+    grid, patch = out.terms["loss/photometric"], out.terms["loss/patch_photometric"]
+    assert torch.isfinite(grid) and torch.isfinite(patch) and float(grid) != float(patch)
+    torch.testing.assert_close(out.loss.detach(), grid + 0.5 * patch + sum(
+        model.loss_weights[k[5:]] * v for k, v in out.terms.items() if k.startswith("loss/") and k[5:] not in ("photometric", "patch_photometric")))
+
+
+def test_plane_patch_warp_reads_normals_from_the_decoded_grid(batch):
+    model = _model(field_resolution=(32, 32, 8), background="box_exit", photometric_patch=3, photometric_patch_warp="plane")
+    model.train()
+    scene = model.encode(batch)
+    views = model.training_views(scene, batch)
+    normals = views[0].extras["sample_normals"]
+    assert normals.shape == views[0].sample_points.shape
+    assert float(normals[..., -1, :].abs().max()) == 0.0  # the background sample has no plane
+    # Over the flat prior (z = 0 ground), in-box normals point up.
+    inside = normals[..., :-1, :].norm(dim=-1) > 0
+    assert inside.float().mean() > 0.5
+    out = model(batch)
+    assert torch.isfinite(out.terms["loss/photometric"])
+    out.loss.backward()
+    with pytest.raises(ValueError, match="field_resolution"):
+        _model(photometric_patch=3, photometric_patch_warp="plane")
+
+
 def test_free_space_objective_and_sharpness_ramp(batch):
     model = _model(field_resolution=(32, 32, 8), loss_weights=dict(free_space=1.0), sharpness_ramp=(0.5, 8.0, 4))
     model.train()

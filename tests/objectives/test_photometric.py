@@ -182,3 +182,44 @@ def test_patch_matching_scores_the_true_wall_and_pulls_weight_to_it(patch):
     counted = grad.abs().sum(-1) > 0  # rays that no source sees well enough do not count
     assert counted.float().mean() > 0.5
     assert (grad[..., 0] < grad[..., 1])[counted].float().mean() > 0.9
+
+
+def test_plane_patch_points_lie_on_the_plane_and_on_the_offset_pixels_rays():
+    from render.geometry import project_points
+    from selfsup.objectives.photometric import plane_patch_points
+
+    T = _camera(0.3, 0.2)
+    T[:3, 3] = torch.tensor([0.0, 0.3, 1.5])  # 1.5 m above the ground z = 0
+    uv = torch.tensor([[20.5, 40.5], [40.5, 44.5]])  # below the horizon: the rays hit the ground
+    o, d = _rays(T, uv)
+    hit = o + d * (-o[:, 2:] / d[:, 2:])  # on z = 0
+    offsets = torch.tensor([[-1.0, -1.0], [0.0, 0.0], [2.0, 1.0]])
+    normal = torch.tensor([0.0, 0.0, 3.0])  # any length
+    pts = plane_patch_points(hit[None, :, None], normal.expand(1, 2, 1, 3), uv[None], K[None], T[None], offsets)
+    assert pts.shape == (1, 2, 1, 3, 3)
+    torch.testing.assert_close(pts[..., 2], torch.zeros(1, 2, 1, 3), atol=1e-4, rtol=0)  # on the ground
+    uv_back, _, _ = project_points(pts.reshape(1, -1, 3), K[None], T[None])
+    torch.testing.assert_close(uv_back.reshape(2, 3, 2), uv[:, None] + offsets, atol=1e-3, rtol=0)
+    # No normal (or a plane the pixels' rays graze): the patch stays at the sample's depth.
+    flat = plane_patch_points(hit[None, :, None], torch.zeros(1, 2, 1, 3), uv[None], K[None], T[None], offsets)
+    _, z, _ = project_points(flat.reshape(1, -1, 3), K[None], T[None])
+    _, z0, _ = project_points(hit[None], K[None], T[None])
+    torch.testing.assert_close(z.reshape(2, 3), z0.reshape(2, 1).expand(2, 3))
+
+
+def test_plane_warped_patches_match_a_wall_seen_at_an_angle_better_than_fronto_parallel_ones():
+    # The side cameras see the wall x = WALL_X at 20 degrees from head-on, and their
+    # neighbours see it from 0.8 m and 20 degrees away: a fronto-parallel patch does not
+    # fit, the wall's own plane does.
+    frames = _rig()
+    mask = torch.ones(1, 3, 12 * 16, dtype=torch.bool)
+    views = _views(frames, 1.0)
+    views.extras["sample_normals"] = torch.tensor([-1.0, 0.0, 0.0]).expand_as(views.sample_points).clone()
+    fronto = photometric_objective(views, frames, mask, spatial_sources=2, patch=3, patch_dilation=2)
+    plane = photometric_objective(views, frames, mask, spatial_sources=2, patch=3, patch_dilation=2, patch_warp="plane")
+    assert plane < 0.6 * fronto
+    wrong = _views(frames, 0.6)
+    wrong.extras["sample_normals"] = views.extras["sample_normals"]
+    assert photometric_objective(wrong, frames, mask, spatial_sources=2, patch=3, patch_warp="plane") > 5 * plane
+    with pytest.raises(ValueError, match="sample_normals"):
+        photometric_objective(_views(frames, 1.0), frames, mask, spatial_sources=2, patch=3, patch_warp="plane")

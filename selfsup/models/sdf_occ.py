@@ -579,12 +579,7 @@ class SDFOcc(OccupancyModel):
         """
         out: dict[str, Tensor] = {}
         if scene.sdf_grid is not None:
-            rep = self.representation
-            if rep.field_box.has_shell:
-                # Irregular cells in metres: differences over the cell centres' coordinates.
-                spacing = tuple(rep._cell_centres(k, n) for k, n in enumerate(self.field_resolution))
-            else:
-                spacing = tuple(float(x) for x in grid_spacing(self.field_resolution, *rep.field_box.box()))
+            spacing = self._grid_spacing()
             out["eikonal"] = grid_eikonal_loss(scene.sdf_grid, spacing)
             out["hessian"] = grid_hessian_loss(scene.sdf_grid, spacing)
             if self.loss_weights.get("prior", 0) > 0:
@@ -649,15 +644,20 @@ class SDFOcc(OccupancyModel):
             mask = mask & (views.opacity.detach() >= self.free_space_min_opacity)
         return free_space_loss(views.extras["sample_sdf"], views.sample_weights, mask, self.free_space_margin)
 
+    def _grid_spacing(self) -> tuple:
+        """The decoded grid's spacing per axis for finite differences: metres per cell, or,
+        with a shell warp (irregular cells in metres), the cell centres' coordinates."""
+        rep = self.representation
+        if rep.field_box.has_shell:
+            return tuple(rep._cell_centres(k, n) for k, n in enumerate(self.field_resolution))
+        return tuple(float(x) for x in grid_spacing(self.field_resolution, *rep.field_box.box()))
+
     @torch.no_grad()
     def _grid_normals(self, scene: TPVScene, points: Float[Tensor, "B V R S 3"]) -> Float[Tensor, "B V R S 3"]:
         """SDF gradients of the decoded grid (central differences, ``torch.gradient``) read
         trilinearly at ``points`` (ego frame, metres); zero outside the box."""
         rep = self.representation
-        if rep.field_box.has_shell:
-            spacing = [rep._cell_centres(k, n) for k, n in enumerate(self.field_resolution)]
-        else:
-            spacing = [float(x) for x in grid_spacing(self.field_resolution, *rep.field_box.box())]
+        spacing = list(self._grid_spacing())
         lower, upper = rep.field_box.box(points.device)
         out = []
         for b in range(points.shape[0]):

@@ -35,6 +35,7 @@ TINY_CONFIGS = {
     "gaussian_ddad_tiny.py": GAUSSIAN_TINY,
     "sdf_ddad_tiny.py": SDF_TINY,
     "sdf_ddad_tiny_lidar.py": SDF_TINY,
+    "sdf_ddad_tiny_tall.py": SDF_TINY,
 }
 
 

@@ -44,6 +44,19 @@
 # config: rgb weight 0 0.231; init_variance 0.05 0.230; lr 2e-2 0.223; prior weight 1e-4 0.210 (IoU 19.7 %), 0
 # 0.216 (IoU 16.8 %). The depth maps of its seeds 0-3 average to 0.199 (seeds 0 and 1: 0.202; 2 and 3: 0.208): most
 # of the error is shared by the runs.
+# Measured after that, seeds 0 / 1 (this config: 0.207 / 0.207, raw 0.190 / 0.193), none kept: coarse-to-fine
+# image blur for the objectives (model.image_blur=(4.0, 500): Gaussian sigma 4 px shrinking to 0 at step 500)
+# 0.235 / 0.245, the 0-10 m band 0.27-0.30; coarse-to-fine hash levels (model.hash_schedule=(2, 60), Neuralangelo)
+# 0.222 / 0.204; rgb weight 0.3: 0.221 / 0.212, 0.05: 0.237 / 0.231 (0: 0.231); plane embeddings initialised at
+# std 0.01 instead of 0.1 (representation.embed_std) 0.211 / 0.214 (raw 0.184 / 0.185); 2^18 hash entries per
+# level 0.212 / 0.213 (raw 0.185 / 0.186); seed 0 only: MLP width 64 0.214 (raw 0.185), 32 plane channels 0.224.
+# No change measured on both seeds 0 and 1 has beaten this config on both (several have better raw AbsRel); those
+# two seeds helped choose it, its seeds 3 and 4 (0.219, 0.214) did not. CAMERA_08 decides most of it: on seed 0 with
+# embed_std 0.01 its median scale is 1.29 (raw 0.204, median-scaled 0.334; this config: 1.10, 0.231 -> 0.256).
+# Its LiDAR depths are sparse between 20 and 34 m (the 45-60 % quantiles), where the median falls, so the
+# median scale follows a few hundred points: there, a tenth of its points beyond 35 m (the tree line, half of them
+# above the horizon) are rendered nearer than 18 m (this config: 22 m), and the rendered median drops from 22.4 m
+# to 19.1 m. Only 7 % of its points leave through the box's top.
 # The comparisons below predate the masks.
 #
 # Departures from SelfOcc's nuScenes setting (config/sdf_nuscenes.py lists that one's own):

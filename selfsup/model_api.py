@@ -35,7 +35,9 @@ Everything else is shared and concrete here:
     ``scene = encode(batch)``; ``views = training_views(scene, batch)`` (one
     :class:`RenderedViews` per rendered frame; the default renders the frames
     ``train_frames`` on the ``train_grid``, jittered in training mode; models may override
-    it); then every configured objective (see below) with a positive weight, the
+    it); ``batch = objective_batch(batch)`` (the batch itself unless a model overrides it,
+    e.g. SDFOcc's coarse-to-fine image blur); then every configured objective (see below)
+    with a positive weight, the
     regularizers, ``loss = sum_k weight_k * term_k``; logs ``loss/<name>`` (unweighted,
     detached) and ``stats/<name>`` (:meth:`OccupancyModel.statistics`) and an image
     ``"depth"``.
@@ -434,6 +436,11 @@ class OccupancyModel(nn.Module, ABC):
             views.append(replace(self.render(scene, batch.K[:, t], T_cam, grid, times=dt[:, t]), frame=t))
         return views
 
+    def objective_batch(self, batch: Frames) -> Frames:
+        """The batch the objectives compare against, after encoding and rendering (models may
+        override, e.g. to blur the images coarse-to-fine); the batch itself by default."""
+        return batch
+
     def forward(self, batch: Frames) -> ModelOutput:
         """One training step's weighted loss on a batch (see the module docstring).
 
@@ -442,6 +449,7 @@ class OccupancyModel(nn.Module, ABC):
         """
         scene = self.encode(batch)
         views = self.training_views(scene, batch)
+        batch = self.objective_batch(batch)
         terms: dict[str, Tensor] = {}
         prediction = None
         for name, fn in self.objectives.items():

@@ -3,6 +3,7 @@
 from selfsup.losses.depth import depth_l1_loss, sparse_depth_grid
 from selfsup.losses.gaussian import depth_mse_loss, flow_regularization
 from selfsup.losses.photometric import (
+    gaussian_blur,
     masked_mean,
     photometric_error,
     project_points,
@@ -32,6 +33,7 @@ __all__ = [
     "flow_regularization",
     "eikonal_loss",
     "free_space_loss",
+    "gaussian_blur",
     "grid_eikonal_loss",
     "grid_gradient",
     "grid_hessian_loss",

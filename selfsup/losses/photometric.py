@@ -9,6 +9,8 @@ a 48 x 100 grid per camera).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
@@ -41,6 +43,33 @@ def sample_image(
     values = F.grid_sample(image, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=False)
     inside = (grid.abs() <= 1.0).all(dim=-1)
     return values[..., 0].transpose(1, 2), inside
+
+
+def gaussian_blur(images: Float[Tensor, "N C H W"], sigma: float) -> Float[Tensor, "N C H W"]:
+    """Separable Gaussian blur of images, standard deviation ``sigma`` pixels, reflect padding.
+
+    The kernel spans ``ceil(3 sigma)`` pixels each side (clipped to the image size minus one)
+    and sums to 1; ``sigma <= 0`` returns the images unchanged. Used for coarse-to-fine
+    photometric matching (image pyramids of direct methods, e.g. LSD-SLAM, Engel et al. 2014;
+    BARF's coarse-to-fine blurring, Lin et al. 2021): a blurred image gives a photometric error
+    that varies smoothly along a ray, so surfaces far from the right depth still feel it.
+
+    Raises:
+        ValueError: if ``images`` is not 4-D.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"gaussian_blur: images must be [N C H W], got {tuple(images.shape)}")
+    if sigma <= 0:
+        return images
+    n, c, h, w = images.shape
+    radius = max(1, min(int(math.ceil(3.0 * sigma)), h - 1, w - 1))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    flat = images.reshape(n * c, 1, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return flat.reshape(n, c, h, w)
 
 
 def masked_mean(values: Float[Tensor, "*s"], mask: Bool[Tensor, "*s"] | None = None) -> Float[Tensor, ""]:

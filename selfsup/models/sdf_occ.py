@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -42,6 +42,7 @@ from selfsup.losses import (
     eikonal_loss,
     distortion_loss,
     free_space_loss,
+    gaussian_blur,
     grid_eikonal_loss,
     grid_hessian_loss,
     hessian_loss,
@@ -195,6 +196,16 @@ class SDFOcc(OccupancyModel):
             its own ``k x k`` patch (pixels ``dilation`` apart) in the source against the
             ray's patch in the target image (``photometric_objective(patch=k)``); 0: SelfOcc's
             SSIM of the weight-blended colour on the ray grid.
+        image_blur: ``(sigma, steps)``: coarse-to-fine matching. The images the objectives
+            compare (targets and photometric sources; the encoder sees the sharp ones) are
+            blurred by a Gaussian of ``sigma`` pixels at the first step, shrinking linearly to
+            none at step ``steps`` (:func:`selfsup.losses.gaussian_blur`). ``None`` (SelfOcc):
+            never blurred.
+        hash_schedule: ``(start_levels, steps_per_level)``: coarse-to-fine hash grid
+            (Neuralangelo, Li et al. 2023, Sec. 3.3): training starts with the
+            ``start_levels`` coarsest levels of the representation's hash grid and adds one
+            every ``steps_per_level`` steps; finer levels read as 0 until then. Evaluation
+            always uses every level. ``None``: every level from the start.
         photometric_patch_warp: how those patches (and the "patch_photometric" objective's)
             are read in the source: "fronto" (the same pixel offsets: a fronto-parallel
             patch) or "plane" (through each sample's tangent plane, the normal taken from the
@@ -257,6 +268,8 @@ class SDFOcc(OccupancyModel):
         photometric_patch_dilation: int = 1,
         photometric_patch_warp: Literal["fronto", "plane"] = "fronto",
         depth_estimator: Literal["expected", "median"] = "expected",
+        image_blur: tuple[float, int] | None = None,
+        hash_schedule: tuple[int, int] | None = None,
     ):
         super().__init__()
         if photometric_patch != 0 and (photometric_patch < 3 or photometric_patch % 2 == 0):
@@ -358,6 +371,18 @@ class SDFOcc(OccupancyModel):
                 raise ValueError(f"SDFOcc: sharpness_ramp must be (s_start > 0, s_end >= s_start, steps >= 1), got {sharpness_ramp}")
             sharpness_ramp = (float(sharpness_ramp[0]), float(sharpness_ramp[1]), int(sharpness_ramp[2]))
         self.sharpness_ramp = sharpness_ramp
+        if image_blur is not None:
+            if len(image_blur) != 2 or not image_blur[0] >= 0 or int(image_blur[1]) < 1:
+                raise ValueError(f"SDFOcc: image_blur must be (sigma >= 0 pixels, steps >= 1), got {image_blur}")
+            image_blur = (float(image_blur[0]), int(image_blur[1]))
+        self.image_blur = image_blur
+        if hash_schedule is not None:
+            if representation.hash is None:
+                raise ValueError("SDFOcc: hash_schedule needs a representation with a hash grid (hash_levels > 0)")
+            if len(hash_schedule) != 2 or int(hash_schedule[0]) < 1 or int(hash_schedule[1]) < 1:
+                raise ValueError(f"SDFOcc: hash_schedule must be (start_levels >= 1, steps_per_level >= 1), got {hash_schedule}")
+            hash_schedule = (int(hash_schedule[0]), int(hash_schedule[1]))
+        self.hash_schedule = hash_schedule
         self.background = background
         check_choice("SDFOcc", "depth_estimator", depth_estimator, ("expected", "median"))
         self.depth_estimator = depth_estimator
@@ -369,13 +394,18 @@ class SDFOcc(OccupancyModel):
 
     # ------------------------------------------------------------------ stages
     def encode(self, batch: Frames) -> TPVScene:
-        """Encode the current frame's images and lift them into the TPV planes.
+        """Encode the current frame's images and lift them into the TPV planes. In training
+        mode, first sets this step's hash levels (``hash_schedule``), so the decoded grid and
+        every later read of the step use the same ones.
 
         Raises:
             ValueError: if ``batch`` is not batched.
         """
         if not batch.batched:
             raise ValueError("SDFOcc: expected a batched Frames (images [B, T, V, 3, H, W]); use collate_frames")
+        if self.training and self.hash_schedule is not None:
+            start, every = self.hash_schedule
+            self.representation.hash_active_levels = start + int(self.train_step) // every
         images = batch.images[:, 0]
         rep = self.representation
 
@@ -624,6 +654,30 @@ class SDFOcc(OccupancyModel):
                 self.renderer.min_inv_s.fill_(s0 * (s1 / s0) ** frac)
             self.train_step += 1
         return super().training_views(scene, batch)
+
+    def train(self, mode: bool = True) -> SDFOcc:
+        """``nn.Module.train``; evaluation mode also restores every hash level (``hash_schedule``)."""
+        super().train(mode)
+        if not mode:
+            self.representation.hash_active_levels = None
+        return self
+
+    def blur_sigma(self) -> float:
+        """The ``image_blur`` standard deviation (pixels) at the current training step; 0
+        outside training or without ``image_blur``."""
+        if self.image_blur is None or not self.training:
+            return 0.0
+        sigma, steps = self.image_blur
+        # train_step was advanced by training_views: the step being trained is train_step - 1.
+        return sigma * max(0.0, 1.0 - (float(self.train_step) - 1.0) / steps)
+
+    def objective_batch(self, batch: Frames) -> Frames:
+        """The batch with its images blurred by :meth:`blur_sigma` (``image_blur``)."""
+        sigma = self.blur_sigma()
+        if sigma <= 0:
+            return batch
+        images = gaussian_blur(batch.images.flatten(0, 2), sigma).reshape(batch.images.shape)
+        return replace(batch, images=images)
 
     def training_grid(self, image_hw: tuple[int, int], device: torch.device | str) -> PixelGrid:
         """The ``rays_hw`` training pixels of ``ray_sampling``: jittered cells, SelfOcc's

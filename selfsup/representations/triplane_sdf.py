@@ -91,6 +91,8 @@ class TriplaneSDF(nn.Module):
             "tcnn" (tinycudann, CUDA only, imported only when selected).
         hash_features, hash_log2_size, hash_base_resolution, hash_growth: features per
             level, log2 table size, coarsest resolution and per-level growth of that grid.
+        embed_std: standard deviation of the initial per-cell plane embeddings (random
+            features that differ from cell to cell until trained).
         field_box: the box the field covers, as a :class:`render.grid.BoxWarp` whose inner
             box is ``grid``'s: ``None`` = ``grid``'s box. With a shell, the planes, the
             positional encoding, the hash grid and decoded grids are regular in the warp's
@@ -133,8 +135,11 @@ class TriplaneSDF(nn.Module):
         hash_base_resolution: int = 16,
         hash_growth: float = 1.5,
         field_box: BoxWarp | None = None,
+        embed_std: float = 0.1,
     ):
         super().__init__()
+        if embed_std < 0:
+            raise ValueError(f"TriplaneSDF: embed_std must be >= 0, got {embed_std}")
         if sdf_bias not in ("none", "ground", "ground_cylinder"):
             raise ValueError(f"TriplaneSDF: sdf_bias must be 'none', 'ground' or 'ground_cylinder', got {sdf_bias!r}")
         if sdf_scale <= 0:
@@ -180,7 +185,7 @@ class TriplaneSDF(nn.Module):
             )
             # A learned per-cell embedding lets the planes hold a scene prior where no camera sees.
             size = [resolution[a] for a in axes]
-            self.embed[name] = nn.Parameter(0.1 * torch.randn(1, plane_channels, *size))
+            self.embed[name] = nn.Parameter(embed_std * torch.randn(1, plane_channels, *size))
 
         pe_dim = 3 + 6 * pe_frequencies
         out_dim = 1 + (3 if rgb else 0) + num_classes
@@ -190,6 +195,11 @@ class TriplaneSDF(nn.Module):
                 hash_backend, levels=hash_levels, features_per_level=hash_features,
                 log2_hashmap_size=hash_log2_size, base_resolution=hash_base_resolution, growth=hash_growth,
             )
+        self.hash_features = hash_features
+        # Coarse-to-fine (set each training step by the model, e.g. SDFOcc's hash_schedule):
+        # only the first this-many hash levels feed the decoder, the finer ones read as 0;
+        # None = all levels.
+        self.hash_active_levels: int | None = None
         layers: list[nn.Module] = []
         width = plane_channels + pe_dim + (self.hash.out_dim if self.hash is not None else 0)
         for _ in range(num_layers):
@@ -357,6 +367,11 @@ class TriplaneSDF(nn.Module):
             else:
                 flat = (0.5 * (unit + 1.0)).reshape(-1, 3)
                 enc = self.hash(flat).reshape(*unit.shape[:-1], -1)
+            if self.hash_active_levels is not None and self.hash_active_levels * self.hash_features < enc.shape[-1]:
+                # Levels are the slow axis of the encoding ([level, feature]); masked levels
+                # get no gradient and keep their initial tables.
+                keep = torch.arange(enc.shape[-1], device=enc.device) < self.hash_active_levels * self.hash_features
+                enc = enc * keep.to(enc.dtype)
             parts.append(enc.to(feat.dtype))
         return torch.cat(parts, dim=-1)
 

@@ -218,3 +218,24 @@ def test_sparse_depth_grid_keeps_the_nearest_point_per_cell():
     # (0, 0, z) projects to pixel (8, 4): row 4 * 4 / 8 = 2, column 8 * 8 / 16 = 4.
     assert depth[0, 2, 4] == 4.0
     assert (depth > 0).sum() == 1
+
+
+def test_gaussian_blur_keeps_constants_and_spreads_an_impulse_by_sigma():
+    from selfsup.losses import gaussian_blur
+
+    flat = torch.full((2, 3, 12, 16), 0.3, dtype=torch.float64)
+    assert torch.allclose(gaussian_blur(flat, 1.5), flat)
+    impulse = torch.zeros(1, 1, 41, 41, dtype=torch.float64)
+    impulse[0, 0, 20, 20] = 1.0
+    out = gaussian_blur(impulse, 2.0)[0, 0]
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-12)
+    x = torch.arange(41, dtype=torch.float64) - 20
+    # Second moment along each axis is sigma^2 (the kernel is cut at 3 sigma: 0.9% short).
+    var_x = float((out.sum(0) * x**2).sum())
+    assert var_x == pytest.approx(4.0, rel=0.02)
+    # Separable: the 2-D peak is the product of two 1-D peaks.
+    k = torch.exp(-0.5 * (torch.arange(-6, 7, dtype=torch.float64) / 2.0) ** 2)
+    assert float(out[20, 20]) == pytest.approx(float((k[6] / k.sum()) ** 2), rel=1e-9)
+    assert gaussian_blur(impulse, 0.0) is impulse
+    with pytest.raises(TypeCheckError):  # the annotation; untyped callers get a ValueError
+        gaussian_blur(impulse[0], 1.0)

@@ -434,6 +434,51 @@ def test_free_space_objective_and_sharpness_ramp(batch):
         _model(sharpness_ramp=(4.0, 1.0, 10))
 
 
+def test_image_blur_shrinks_linearly_and_blurs_only_what_the_objectives_compare(batch):
+    model = _model(image_blur=(3.0, 4))
+    model.train()
+    sigmas, changed = [], []
+    for _ in range(6):
+        out = model(batch)  # advances train_step
+        sigmas.append(model.blur_sigma())
+        changed.append(not torch.equal(model.objective_batch(batch).images, batch.images))
+    assert torch.isfinite(out.loss)
+    # After step k (train_step = k), blur_sigma is the sigma step k trained with: 3 (1 - (k - 1) / 4).
+    assert sigmas == pytest.approx([3.0, 2.25, 1.5, 0.75, 0.0, 0.0])
+    assert changed == [True, True, True, True, False, False]
+    model.eval()
+    model.train_step.fill_(1)
+    assert model.blur_sigma() == 0.0 and model.objective_batch(batch) is batch
+    with pytest.raises(ValueError, match="image_blur"):
+        _model(image_blur=(2.0, 0))
+
+
+def test_hash_schedule_adds_levels_coarse_to_fine_and_evaluates_with_all(batch):
+    torch.manual_seed(0)
+    rep = TriplaneSDF(feat_channels=16, plane_channels=8, hidden=16, resolution=(32, 32, 4), hash_levels=4,
+                      hash_log2_size=10)
+    model = _model(representation=rep, field_resolution=(32, 32, 8), hash_schedule=(1, 2))
+    model.train()
+    table = rep.hash.params
+    rows = rep.hash.offsets
+    active, level_grads = [], []
+    for _ in range(6):
+        model.zero_grad()
+        model(batch).loss.backward()
+        active.append(rep.hash_active_levels)
+        g = table.grad.view(-1, rep.hash.features_per_level).abs().sum(-1)
+        level_grads.append([float(g[rows[k] : rows[k + 1]].sum()) for k in range(4)])
+    # One level, then one more every 2 steps (beyond the last level it stays all of them).
+    assert active == [1, 1, 2, 2, 3, 3]
+    # The first step trains the coarsest level only; finer tables get no gradient until active.
+    assert level_grads[0][0] > 0 and level_grads[0][1:] == [0.0, 0.0, 0.0]
+    assert level_grads[2][1] > 0 and level_grads[2][2:] == [0.0, 0.0]
+    model.eval()
+    assert rep.hash_active_levels is None  # evaluation reads every level
+    with pytest.raises(ValueError, match="hash_schedule"):
+        _model(hash_schedule=(1, 10))  # the default tiny representation has no hash grid
+
+
 def test_prior_regularizer_is_the_mean_squared_residual_from_the_analytic_prior(batch):
     model = _model(field_resolution=(16, 16, 4), loss_weights=dict(prior=1.0))
     rep = model.representation

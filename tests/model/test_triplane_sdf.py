@@ -215,3 +215,14 @@ def test_warped_field_decodes_like_query_and_is_empty_outside_the_outer_box():
     assert float(beyond[0, 0]) != rep.outside_sdf and float(beyond[0, 1]) == rep.outside_sdf
     with pytest.raises(ValueError, match="inner box"):
         _tiny(field_box=_warp(inner_lower=(-40.0, -40.0, -2.0), lower=(-80.0, -40.0, -2.0)))
+
+
+def test_embed_std_sets_the_spread_of_the_initial_cell_embeddings():
+    torch.manual_seed(0)
+    rep = TriplaneSDF(grid=GRID, feat_channels=8, plane_channels=8, hidden=16, resolution=(40, 40, 8), embed_std=0.02)
+    stds = [float(rep.embed[name].std()) for name in rep.embed]
+    assert stds == pytest.approx([0.02] * 3, rel=0.05)
+    flat = TriplaneSDF(grid=GRID, feat_channels=8, plane_channels=8, hidden=16, resolution=(8, 8, 4), embed_std=0.0)
+    assert all(float(flat.embed[name].abs().max()) == 0.0 for name in flat.embed)
+    with pytest.raises(ValueError, match="embed_std"):
+        TriplaneSDF(grid=GRID, feat_channels=8, plane_channels=8, hidden=16, resolution=(8, 8, 4), embed_std=-0.1)

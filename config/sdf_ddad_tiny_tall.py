@@ -5,9 +5,9 @@
 # median-scaled AbsRel against the scored frame's LiDAR): 0.203 / 0.232 / 0.208 / 0.202 / 0.210 for
 # seeds 0-4, the same mean (0.211) as that config; crowns are drawn at their distance, but a crown
 # left transparent now stops 40-60 m away (seed 1, CAMERA_07). With --set model.background=far (rays
-# leaving through a side or the top stop at 60 m): 0.207 / 0.212 / 0.212 / 0.202 for seeds 0-3, mean 0.208
-# against 0.211 for config/sdf_ddad_tiny.py's seeds 0-3 (raw 0.181 against 0.189, 40-80 m band 0.26-0.28
-# against 0.32-0.33, occupancy IoU 22.8-23.0 %); 0.54-0.57x its own initial model, which scores about 0.37
+# leaving through a side or the top stop at 60 m): 0.207 / 0.212 / 0.212 / 0.202 / 0.212 for seeds 0-4, mean 0.209
+# against 0.211 for config/sdf_ddad_tiny.py's (raw 0.182 against 0.189, 40-80 m band 0.26-0.28
+# against 0.32-0.33, occupancy IoU 22.3-23.0 %); 0.54-0.57x its own initial model, which scores about 0.37
 # because every side exit starts at 60 m. Run it with
 #   python scripts/demo.py --config config/sdf_ddad_tiny_tall.py --work-dir work_dirs/demo_tall
 import copy

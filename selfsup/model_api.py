@@ -37,9 +37,9 @@ Everything else is shared and concrete here:
     ``train_frames`` on the ``train_grid``, jittered in training mode; models may override
     it); ``batch = objective_batch(batch)`` (the batch itself unless a model overrides it,
     e.g. SDFOcc's coarse-to-fine image blur); then every configured objective (see below)
-    with a positive weight, the regularizers, ``loss = sum_k weight_k * term_k``; logs ``loss/<name>`` (unweighted,
-    detached) and ``stats/<name>`` (:meth:`OccupancyModel.statistics`) and an image
-    ``"depth"``.
+    with a positive weight, the regularizers, ``loss = sum_k weight_k * term_k``; logs
+    ``loss/<name>`` (unweighted, detached) and ``stats/<name>``
+    (:meth:`OccupancyModel.statistics`) and an image ``"depth"``.
 
 ``render_depth(batch, K, T_ego_cam, height, width) -> [B V H W]`` (evaluation)
     Camera depth (z, metres) at every pixel centre, 0 where the opacity is below

@@ -14,6 +14,11 @@ REPO = Path(__file__).resolve().parent.parent
 DDAD_SAMPLE_ROOT = str(REPO / "data/samples/ddad/test_scene")
 # Self-occlusion masks of the DDAD rig's cameras (scripts/make_ddad_ego_masks.py).
 DDAD_EGO_MASKS = str(REPO / "data/samples/ddad/ego_masks")
+# Sparse depth triangulated from the bundled DDAD images (SIFT matches between each frame and
+# its neighbours, known poses; no LiDAR): `make demo` writes it, or
+#   python scripts/generate_pseudo_depth.py --data-root data/samples/ddad/test_scene --scenes scene_02 \
+#       --backend triangulation --ego-mask-dir data/samples/ddad/ego_masks --out-dir work_dirs/pseudo_depth/ddad_triangulation
+DDAD_TRIANGULATED_DEPTH = str(REPO / "work_dirs/pseudo_depth/ddad_triangulation")
 NUSCENES_SAMPLE_ROOT = str(REPO / "data/samples/nuscenes")
 NUSCENES_EGO_MASKS = str(REPO / "data/samples/nuscenes_raw/ego_masks")
 NUSCENES_ROOT = "data/nuscenes"  # full download; override with --set train_data.data_root=...

@@ -106,6 +106,7 @@ LOSS_NAMES: dict[str, str] = {
     "patch_photometric": "photometric error with every sample matched by its own 3 x 3 patch, beside the ray-grid one (SDFOcc)",
     "distortion": "spread of each ray's weights in log distance, background included (SDFOcc, losses.distortion_loss)",
     "prior": "mean squared distance (m^2) of the decoded SDF grid from its analytic prior (SDFOcc)",
+    "keypoint_depth": "rendered depth of rays through labelled pixels of sparse depth maps (triangulated keypoints) vs that depth (SDFOcc)",
 }
 STAT_NAMES: dict[str, str] = {
     "opacity": "mean rendered opacity of the training rays, all rendered frames",

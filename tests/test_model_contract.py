@@ -106,7 +106,8 @@ def test_model_contract(cfg_path: Path):
     assert isinstance(model, OccupancyModel)
     batch = collate_frames([fdl.build(data_cfg)[0]])
     pseudo_source = getattr(model, "depth_source", None) == "pseudo"
-    if pseudo_source and batch.depth_maps is None:
+    keypoints = model.loss_weights.get("keypoint_depth", 0.0) > 0  # sparse maps (triangulated keypoints)
+    if (pseudo_source or keypoints) and batch.depth_maps is None:
         B, T, V, _, H, W = batch.images.shape
         batch.depth_maps = torch.full((B, T, V, H, W), 10.0)
         labels = torch.full((B, T, V, H, W), 255, dtype=torch.int16)

@@ -71,3 +71,28 @@ def sparse_depth_grid(
     depth = depth.scatter_reduce(0, cell[ok], z[ok], reduce="amin")
     depth = torch.where(torch.isinf(depth), torch.zeros_like(depth), depth)
     return depth.reshape(n_views, rows, cols)
+
+
+def sparse_map_grid(
+    depth: Float[Tensor, "*b H W"], rows: int, cols: int
+) -> Float[Tensor, "*b rows cols"]:
+    """The nearest labelled depth per ray-grid cell of sparse depth maps (0 = unknown).
+
+    Pixel ``(i, j)`` belongs to the cell holding its centre, the cells cut the image into
+    ``rows x cols`` exactly as :func:`render.rays.jittered_pixel_grid` does, so a jittered
+    ray lies in its cell: the map counterpart of :func:`sparse_depth_grid`, for sparse
+    pseudo depth (triangulated keypoints, ``selfsup.pseudo.triangulation``).
+
+    Returns:
+        camera depth (metres) per cell, 0 where the cell holds no labelled pixel.
+    """
+    height, width = depth.shape[-2:]
+    row = ((torch.arange(height, device=depth.device) + 0.5) * rows / height).long().clamp(max=rows - 1)
+    col = ((torch.arange(width, device=depth.device) + 0.5) * cols / width).long().clamp(max=cols - 1)
+    cell = (row[:, None] * cols + col[None, :]).flatten()  # [H W]
+    flat = depth.flatten(-2)
+    flat = torch.where(flat > 0, flat, torch.full_like(flat, float("inf")))
+    out = torch.full((*flat.shape[:-1], rows * cols), float("inf"), dtype=flat.dtype, device=flat.device)
+    out = out.scatter_reduce(-1, cell.expand_as(flat), flat, reduce="amin")
+    out = torch.where(torch.isinf(out), torch.zeros_like(out), out)
+    return out.reshape(*depth.shape[:-2], rows, cols)

@@ -39,6 +39,7 @@ from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
 from selfsup.losses import (
     axis_offsets,
+    depth_l1_loss,
     eikonal_loss,
     distortion_loss,
     free_space_loss,
@@ -58,6 +59,7 @@ from selfsup.model_api import (
     check_choice,
     read_nearest,
 )
+from selfsup.objectives.depth import depth_target
 from selfsup.objectives import depth_objective, photometric_objective, rgb_objective, semantic_objective
 from selfsup.representations.triplane_sdf import TPVPlanes, TriplaneSDF
 from selfsup.voxelizer import voxelize_field
@@ -76,13 +78,14 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "distortion": 0.0,
     "patch_photometric": 0.0,
     "prior": 0.0,
+    "keypoint_depth": 0.0,
 }
 SDF_REGULARIZERS = ("eikonal", "hessian", "prior")
 
 
 def _no_depth_source(views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
     """The "depth" objective of ``depth_source="none"``: a positive weight is refused."""
-    raise ValueError("SDFOcc: the depth term needs depth_source='lidar' or 'pseudo'")
+    raise ValueError("SDFOcc: the depth term needs depth_source='lidar', 'pseudo' or 'sparse'")
 
 
 @dataclass
@@ -110,9 +113,11 @@ class SDFOcc(OccupancyModel):
             missing keys take ``DEFAULT_LOSS_WEIGHTS`` (0 for extra objectives).
         near, far: rendering interval along each ray, metres, further clipped to the
             representation's box.
-        depth_source: "lidar" (``Frames.points_ego`` of the current frame) or "pseudo"
-            (``Frames.depth_maps``) supervises the rendered depth with L1; "none" disables
-            the depth term.
+        depth_source: "lidar" (``Frames.points_ego`` of the current frame), "pseudo"
+            (dense ``Frames.depth_maps``) or "sparse" (sparse ``Frames.depth_maps``, e.g.
+            keypoints triangulated from the images, ``selfsup.pseudo.triangulation``: the
+            nearest per ray-grid cell; needs ``ray_sampling="jitter"``) supervises the
+            rendered depth with L1; "none" disables the depth term.
         objectives: extra or replacement objectives, name -> callable (see
             ``selfsup.model_api``); the defaults are the shared photometric, rgb, depth (L1
             on the expected depth from ``depth_source``) and semantic objectives.
@@ -206,6 +211,16 @@ class SDFOcc(OccupancyModel):
             ``start_levels`` coarsest levels of the representation's hash grid and adds one
             every ``steps_per_level`` steps; finer levels read as 0 until then. Evaluation
             always uses every level. ``None``: every level from the start.
+        depth_beyond_exit: "keep" every depth target, or "drop" those beyond the ray's exit
+            from the field box (no surface in the field can render them; with
+            ``background="box_exit"`` a kept one pushes the whole ray towards transparency).
+            Applies to the "depth" and "keypoint_depth" terms.
+        depth_norm: "l1" (metres) or "relative" (``|d - d*| / d*``, the AbsRel form, so a
+            10 m error at 80 m weighs what 1.25 m does at 10 m) for those terms.
+        keypoint_rays: rays per camera per step of the "keypoint_depth" term (see
+            :meth:`_keypoint_depth_objective`).
+        keypoint_frames: "current": that term reads the current frame's sparse maps; "all":
+            those of every loaded frame too, rendered from their cameras.
         photometric_patch_warp: how those patches (and the "patch_photometric" objective's)
             are read in the source: "fronto" (the same pixel offsets: a fronto-parallel
             patch) or "plane" (through each sample's tangent plane, the normal taken from the
@@ -238,7 +253,7 @@ class SDFOcc(OccupancyModel):
         loss_weights: Mapping[str, float] | None = None,
         near: float = 0.5,
         far: float = 60.0,
-        depth_source: Literal["none", "lidar", "pseudo"] = "none",
+        depth_source: Literal["none", "lidar", "pseudo", "sparse"] = "none",
         objectives: Mapping[str, Callable] | None = None,
         hessian_points: int = 1024,
         hessian_step: float = 0.2,
@@ -270,6 +285,10 @@ class SDFOcc(OccupancyModel):
         depth_estimator: Literal["expected", "median"] = "expected",
         image_blur: tuple[float, int] | None = None,
         hash_schedule: tuple[int, int] | None = None,
+        depth_beyond_exit: Literal["keep", "drop"] = "keep",
+        depth_norm: Literal["l1", "relative"] = "l1",
+        keypoint_rays: int = 128,
+        keypoint_frames: Literal["current", "all"] = "current",
     ):
         super().__init__()
         if photometric_patch != 0 and (photometric_patch < 3 or photometric_patch % 2 == 0):
@@ -291,9 +310,12 @@ class SDFOcc(OccupancyModel):
         if cos_anneal_steps < 0:
             raise ValueError(f"SDFOcc: cos_anneal_steps must be >= 0, got {cos_anneal_steps}")
         check_choice("SDFOcc", "photometric_reduction", photometric_reduction, ("min", "mean"))
-        check_choice("SDFOcc", "depth_source", depth_source, ("none", "lidar", "pseudo"))
+        check_choice("SDFOcc", "depth_source", depth_source, ("none", "lidar", "pseudo", "sparse"))
+        if depth_source == "sparse" and ray_sampling != "jitter":
+            raise ValueError(f"SDFOcc: depth_source='sparse' reads one target per ray-grid cell and needs "
+                             f"ray_sampling='jitter', got {ray_sampling!r}")
         if (loss_weights or {}).get("depth", 0) > 0 and depth_source == "none" and "depth" not in (objectives or {}):
-            raise ValueError("SDFOcc: loss_weights['depth'] > 0 needs depth_source='lidar' or 'pseudo'")
+            raise ValueError("SDFOcc: loss_weights['depth'] > 0 needs depth_source='lidar', 'pseudo' or 'sparse'")
         if not 0 <= near < far:
             raise ValueError(f"SDFOcc: need 0 <= near < far, got near={near}, far={far}")
         feat_channels = representation.project["xy"].in_channels
@@ -309,13 +331,18 @@ class SDFOcc(OccupancyModel):
             "semantic": semantic_objective,
             "search": self._search_objective,
             "free_space": self._free_space_objective,
+            "keypoint_depth": self._keypoint_depth_objective,
             "distortion": self._distortion_objective,
             "patch_photometric": functools.partial(
                 photometric_objective, reduction=photometric_reduction, spatial_sources=spatial_sources,
                 patch=3, patch_dilation=photometric_patch_dilation, patch_warp=photometric_patch_warp),
         }
-        if depth_source != "none":
+        check_choice("SDFOcc", "depth_beyond_exit", depth_beyond_exit, ("keep", "drop"))
+        check_choice("SDFOcc", "depth_norm", depth_norm, ("l1", "relative"))
+        if depth_source != "none" and depth_beyond_exit == "keep" and depth_norm == "l1":
             defaults["depth"] = functools.partial(depth_objective, source=depth_source, norm="l1", on="expected")
+        elif depth_source != "none":
+            defaults["depth"] = self._depth_objective
         else:
             defaults["depth"] = _no_depth_source
         defaults.update(objectives or {})
@@ -332,6 +359,12 @@ class SDFOcc(OccupancyModel):
         self.near = near
         self.far = far
         self.depth_source = depth_source
+        self.depth_beyond_exit, self.depth_norm = depth_beyond_exit, depth_norm
+        if keypoint_rays < 1:
+            raise ValueError(f"SDFOcc: keypoint_rays must be >= 1, got {keypoint_rays}")
+        self.keypoint_rays = int(keypoint_rays)
+        check_choice("SDFOcc", "keypoint_frames", keypoint_frames, ("current", "all"))
+        self.keypoint_frames = keypoint_frames
         self.hessian_points = hessian_points
         self.hessian_step = hessian_step
         self.sdf_threshold = sdf_threshold
@@ -558,6 +591,7 @@ class SDFOcc(OccupancyModel):
         if normals is not None:
             extras["sample_normals"] = normals
         extras["ray_far"] = far.reshape(batch, views, R)
+        extras["ray_far_depth"] = extras["ray_far"] * rays.depth_per_dist
         return RenderedViews(
             depth=dist * rays.depth_per_dist,
             opacity=opacity,
@@ -653,6 +687,9 @@ class SDFOcc(OccupancyModel):
                 frac = min(1.0, float(self.train_step) / steps)
                 self.renderer.min_inv_s.fill_(s0 * (s1 / s0) ** frac)
             self.train_step += 1
+            if self.loss_weights.get("keypoint_depth", 0.0) > 0:
+                # the "keypoint_depth" objective renders its own rays of this step's scene
+                self.__dict__["_step_scene"] = scene
         return super().training_views(scene, batch)
 
     def train(self, mode: bool = True) -> SDFOcc:
@@ -690,6 +727,79 @@ class SDFOcc(OccupancyModel):
             pixels = patch_pixel_grid(*image_hw, *self.rays_hw, self.patch_size, self.patch_stride,
                                       jitter=self.training, device=device)
         return PixelGrid(tuple(image_hw), self.rays_hw, pixels, self.training)
+
+    def _depth_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
+        """The depth term with ``depth_beyond_exit`` / ``depth_norm``: L1 (metres) or
+        relative L1 ``|d - d*| / d*`` on the expected depth, optionally without the targets
+        that lie beyond the ray's exit from the field box (no surface in the field can
+        render them)."""
+        target = depth_target(views, batch, self.depth_source)
+        if self.depth_beyond_exit == "drop":
+            mask = mask & (target <= views.extras["ray_far_depth"])
+        if self.depth_norm == "l1":
+            return depth_l1_loss(views.depth, target, mask)
+        valid = mask & (target > 0)
+        return masked_mean((views.depth - target).abs() / target.clamp_min(1e-6), valid)
+
+    def _keypoint_depth_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor | None:
+        """Depth of rays through labelled pixels of the current frame's sparse depth maps.
+
+        Sparse pseudo depth (keypoints triangulated from the images,
+        :mod:`selfsup.pseudo.triangulation`) labels a few pixels; rays of the training grid
+        rarely pass through them, and the nearest label of a ray's grid cell is often a
+        different surface (a keypoint on a tree behind a pole). So this term renders its own
+        rays, through the centres of up to ``keypoint_rays`` labelled pixels per camera drawn
+        at random each step (outside the ego-car masks; of the current frame, or of every
+        loaded frame with ``keypoint_frames="all"``, posed in the current ego frame: the field
+        is static), geometry only, and compares their
+        expected depth with the label (``depth_norm``; ``depth_beyond_exit="drop"`` skips
+        labels beyond the ray's exit from the field box). Runs once per step (on the
+        current frame's views). Source: DS-NeRF (Deng et al. 2022), depth supervision from
+        sparse structure-from-motion points on rays through them.
+
+        Raises:
+            ValueError: the batch has no ``depth_maps``; called outside a training step.
+        """
+        if views.frame != 0:
+            return None
+        if batch.depth_maps is None:
+            raise ValueError("SDFOcc: the keypoint_depth term needs sparse Frames.depth_maps (e.g. from "
+                             "scripts/generate_pseudo_depth.py --backend triangulation)")
+        scene = self.__dict__.pop("_step_scene", None)
+        if scene is None:
+            raise ValueError("SDFOcc: the keypoint_depth term runs inside a training step (after training_views)")
+        maps = batch.depth_maps.float()  # [B T V H W]
+        B, T, V, H, W = maps.shape
+        frames = range(T) if self.keypoint_frames == "all" else range(1)
+        T_cam = batch.T_ego0_cam() if len(frames) > 1 else batch.T_ego_cam
+        rendered, targets = [], []
+        for b in range(B):
+            scene_b = TPVScene(planes=scene.planes.select(b),
+                               sdf_grid=None if scene.sdf_grid is None else scene.sdf_grid[b : b + 1],
+                               feature_grid=None if scene.feature_grid is None else scene.feature_grid[b : b + 1])
+            for t in frames:
+                labelled = (maps[b, t] > 0) & batch.valid_masks[b]  # [V H W]
+                for v in range(V):
+                    index = labelled[v].flatten().nonzero()[:, 0]
+                    if index.numel() == 0:
+                        continue
+                    index = index[torch.randperm(index.numel(), device=index.device)[: self.keypoint_rays]]
+                    rows, cols = index // W, index % W
+                    pixels = torch.stack([cols, rows], dim=-1).to(maps.dtype) + 0.5
+                    grid = PixelGrid((H, W), (1, index.numel()), pixels, False)
+                    out = self.render(scene_b, batch.K[b : b + 1, t, v : v + 1], T_cam[b : b + 1, t, v : v + 1], grid,
+                                      features=False)
+                    target = maps[b, t, v].flatten()[index]
+                    keep = torch.ones_like(target, dtype=torch.bool)
+                    if self.depth_beyond_exit == "drop":
+                        keep = target <= out.extras["ray_far_depth"].flatten()
+                    rendered.append(out.depth.flatten()[keep])
+                    targets.append(target[keep])
+        if not targets or sum(t.numel() for t in targets) == 0:
+            return None
+        d, t = torch.cat(rendered), torch.cat(targets)
+        error = (d - t).abs()
+        return (error / t if self.depth_norm == "relative" else error).mean()
 
     def _free_space_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
         """``selfsup.losses.free_space_loss`` on the rendered rays: the samples a ray passes

@@ -10,17 +10,17 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from selfsup.data.frames import Frames
-from selfsup.losses.depth import depth_l1_loss, sparse_depth_grid
+from selfsup.losses.depth import depth_l1_loss, sparse_depth_grid, sparse_map_grid
 from selfsup.losses.gaussian import depth_mse_loss
 from selfsup.model_api import RenderedViews, read_nearest
 
-DEPTH_SOURCES = ("lidar", "pseudo")
+DEPTH_SOURCES = ("lidar", "pseudo", "sparse")
 
 
 def depth_target(
     views: RenderedViews,
     batch: Frames,
-    source: Literal["lidar", "pseudo"] = "lidar",
+    source: Literal["lidar", "pseudo", "sparse"] = "lidar",
     min_depth: float = 0.1,
     max_depth: float = math.inf,
 ) -> Float[Tensor, "B V R"]:
@@ -30,17 +30,22 @@ def depth_target(
     frame) projected into its cameras (``Frames.T_ego_cam``), the nearest return per ray-grid
     cell (:func:`selfsup.losses.depth.sparse_depth_grid`; a ray lies in its cell), points
     closer than ``min_depth`` dropped. ``"pseudo"``: ``Frames.depth_maps`` read at the rays'
-    pixels (nearest pixel). Targets beyond ``max_depth`` become 0.
+    pixels (nearest pixel). ``"sparse"``: ``Frames.depth_maps`` holding sparse depth
+    (triangulated keypoints), the nearest labelled pixel per ray-grid cell
+    (:func:`selfsup.losses.depth.sparse_map_grid`, the map form of ``"lidar"``'s rule).
+    Targets beyond ``max_depth`` become 0.
 
     Raises:
         ValueError: unknown source, ``"pseudo"`` without ``depth_maps``, ``"lidar"`` without
             points.
     """
     t = views.frame
+    if source in ("pseudo", "sparse") and batch.depth_maps is None:
+        raise ValueError(f"depth_target: source {source!r} needs Frames.depth_maps [B, T, V, H, W]")
     if source == "pseudo":
-        if batch.depth_maps is None:
-            raise ValueError("depth_target: source 'pseudo' needs Frames.depth_maps [B, T, V, H, W]")
         target = read_nearest(batch.depth_maps[:, t].float(), views.pixels)
+    elif source == "sparse":
+        target = sparse_map_grid(batch.depth_maps[:, t].float(), *views.grid_hw).flatten(-2)
     elif source == "lidar":
         if not batch.points_ego or not len(batch.points_ego[0]):
             raise ValueError("depth_target: source 'lidar' needs Frames.points_ego")
@@ -65,7 +70,7 @@ def depth_objective(
     batch: Frames,
     mask: Bool[Tensor, "B V R"],
     *,
-    source: Literal["lidar", "pseudo"] = "lidar",
+    source: Literal["lidar", "pseudo", "sparse"] = "lidar",
     norm: Literal["l1", "l2"] = "l1",
     on: Literal["expected", "accumulated"] = "expected",
     min_depth: float = 0.1,

@@ -44,7 +44,7 @@ from selfsup.pseudo import storage
 # manifest fields that must agree for a run to add to / resume an existing folder
 COMPATIBLE_FIELDS = ("format", "kind", "backend", "backend_config", "checkpoint_sha256", "depth_scale", "class_names",
                      "encoding", "cameras", "source_hw", "image_hw")
-DEPTH_BACKENDS = ("lidar", "depth_anything")
+DEPTH_BACKENDS = ("lidar", "depth_anything", "triangulation")
 SEMANTIC_BACKENDS = ("grounded_sam", "segmenter", "lidarseg")
 
 
@@ -89,9 +89,15 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     if kind == "depth":
         p.add_argument("--accumulate", type=int, default=0,
                        help="lidar: also project the LiDAR of N neighbouring frames on each side (ego-motion compensated)")
-        p.add_argument("--max-depth", type=float, default=250.0, help="lidar: drop points farther than this (m)")
+        p.add_argument("--max-depth", type=float, default=250.0, help="lidar, triangulation: drop points farther than this (m)")
         p.add_argument("--align", default="none", choices=("none", "lidar_median"),
                        help="depth_anything: per-image median scale alignment to the current frame's LiDAR")
+        p.add_argument("--neighbours", type=int, default=1, help="triangulation: frames on each side matched against")
+        p.add_argument("--min-views", type=int, default=1,
+                       help="triangulation: neighbours that must triangulate a keypoint (2: static-world check)")
+        p.add_argument("--sift-scale", type=float, default=1.0, help="triangulation: image scale for SIFT detection")
+        p.add_argument("--ego-mask-dir", default=None,
+                       help="triangulation: folder of <CAMERA>_mask.png (255 = scene); no keypoint on the ego car")
     else:
         p.add_argument("--sam-checkpoint", default=None, help="grounded_sam: local SAM checkpoint folder")
         p.add_argument("--label-map", default=None, help="segmenter: JSON {class name: Occ3D id or null}")
@@ -124,6 +130,11 @@ def build_backend(kind: str, args: argparse.Namespace, device):
 
         return SegmenterBackend(args.checkpoint, batch_size=args.batch_size, device=device, label_map=args.label_map,
                                 class_info=args.class_info)
+    if args.backend == "triangulation":
+        from selfsup.pseudo.triangulation import TriangulationBackend
+
+        return TriangulationBackend(neighbours=args.neighbours, min_views=args.min_views, max_depth=args.max_depth,
+                                    scale=args.sift_scale)
     if args.backend == "lidarseg":
         from selfsup.pseudo.lidar import LidarsegBackend
 
@@ -240,10 +251,11 @@ def generate(kind: str, args: argparse.Namespace) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) != state.num_processes:
         raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate formed {state.num_processes} process(es); "
                            "the processes would not know of each other and write the same samples")
+    backend = build_backend(kind, args, state.device)
     source = build_source(args.dataset, args.data_root, version=args.version, split=args.split,
                           scenes=tuple(args.scenes) if args.scenes else None,
-                          cameras=tuple(args.cameras) if args.cameras else None, infos_path=args.infos)
-    backend = build_backend(kind, args, state.device)
+                          cameras=tuple(args.cameras) if args.cameras else None, infos_path=args.infos,
+                          neighbours=getattr(backend, "neighbours", 0), ego_mask_dir=getattr(args, "ego_mask_dir", None))
     if not 0 < args.out_scale <= 1:
         raise ValueError(f"--out-scale must lie in (0, 1], got {args.out_scale}")
     out_hw = (max(1, round(source.src_hw[0] * args.out_scale)), max(1, round(source.src_hw[1] * args.out_scale)))

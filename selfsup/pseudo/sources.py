@@ -35,6 +35,12 @@ class PseudoSample:
             in the current ego frame, ``[P', 3]`` (== ``points_ego`` without accumulation).
         lidar_token: LiDAR sample_data token of the current frame (nuScenes) or None.
         frames_used: frame offsets whose LiDAR is in ``accumulated_ego``.
+        extra: with images, ``"valid_masks"`` (bool ``[V, H, W]``, False on the ego car)
+            and ``"neighbours"``: one dict per neighbouring frame the source was built
+            with (``neighbours=N``: offsets -N..N; a scene end drops the missing ones) with
+            ``offset``, uint8 ``images`` ``[V, H, W, 3]``, ``K`` ``[V, 3, 3]`` (continuous
+            pixel coordinates) and ``T_ego_cam`` ``[V, 4, 4]``: that frame's cameras -> the
+            *current* ego frame.
     """
 
     scene_name: str
@@ -80,12 +86,27 @@ class SampleSource(ABC):
         """From a dataset sample (``Frames`` with the current frame only)."""
         images = (frames.images[0].numpy().transpose(0, 2, 3, 1) * 255.0).round().astype(np.uint8)
         pts = frames.points_ego[0].numpy().astype(np.float64)
+        extra = dict(valid_masks=frames.valid_masks.numpy().astype(bool), neighbours=[])
+        T_ego0_global = np.linalg.inv(frames.T_global_ego[0].numpy().astype(np.float64))
+        seen = {0}
+        for t in range(1, frames.images.shape[0]):
+            offset = int(frames.frame_offsets[t])
+            if offset in seen:  # clamped at a scene end
+                continue
+            seen.add(offset)
+            T = T_ego0_global @ frames.T_global_ego[t].numpy().astype(np.float64)
+            extra["neighbours"].append(dict(
+                offset=offset,
+                images=(frames.images[t].numpy().transpose(0, 2, 3, 1) * 255.0).round().astype(np.uint8),
+                K=frames.K[t].numpy().astype(np.float64),
+                T_ego_cam=T @ frames.T_ego_cam[t].numpy().astype(np.float64),
+            ))
         return PseudoSample(
             scene_name=str(frames.scene_names), token=str(frames.tokens), cameras=tuple(frames.camera_names),
             images=images, K=frames.K[0].numpy().astype(np.float64),
             T_ego_cam=frames.T_ego_cam[0].numpy().astype(np.float64), src_hw=tuple(images.shape[1:3]),
             points_ego=pts, accumulated_ego=np.concatenate([pts, accumulated]) if len(accumulated) else pts,
-            lidar_token=lidar_token, frames_used=used,
+            lidar_token=lidar_token, frames_used=used, extra=extra,
         )
 
     def _geometry_only(self, scene, token, K, T_ego_cam, pts, accumulated, used, lidar_token=None) -> PseudoSample:
@@ -108,8 +129,9 @@ class NuScenesSource(SampleSource):
     """nuScenes keyframes of a split (devkit tables or a ``create_infos.py`` index).
 
     Args:
-        data_root, version, split, cameras, infos_path: as :class:`NuScenesFrames`.
+        data_root, version, split, cameras, infos_path, ego_mask_dir: as :class:`NuScenesFrames`.
         scenes: keep only these scene names (None: the whole split).
+        neighbours: keyframes on each side whose images :meth:`load` adds (``PseudoSample.extra``).
 
     Raises:
         ValueError: ``scenes`` names a scene that is not in the split.
@@ -119,11 +141,12 @@ class NuScenesSource(SampleSource):
 
     def __init__(self, data_root: str, version: str = "v1.0-trainval", split: str = "train",
                  scenes: tuple[str, ...] | None = None, cameras: tuple[str, ...] | None = None,
-                 infos_path: str | None = None):
+                 infos_path: str | None = None, neighbours: int = 0, ego_mask_dir: str | None = None):
         from selfsup.data.nuscenes import NUSCENES_CAMERAS, NuScenesFrames
 
-        self.ds = NuScenesFrames(data_root, version=version, split=split, neighbours=(), cameras=cameras or NUSCENES_CAMERAS,
-                                 infos_path=infos_path, load_lidar=True)
+        self.ds = NuScenesFrames(data_root, version=version, split=split, neighbours=_offsets(neighbours),
+                                 cameras=cameras or NUSCENES_CAMERAS, infos_path=infos_path, load_lidar=True,
+                                 allow_missing_neighbours=True, ego_mask_dir=ego_mask_dir)
         self.data_root, self.version, self.split = str(data_root), version, split
         self.cameras = self.ds.cameras
         self.src_hw = self.ds.transform.src_hw
@@ -178,12 +201,14 @@ class DDADSource(SampleSource):
         root: folder holding the scene folders.
         scenes: scene folder names (None: every folder under ``root`` with a ``scene_*.json``).
         cameras: DGP camera names (None: the six DDAD cameras).
+        neighbours: samples on each side whose images :meth:`load` adds (``PseudoSample.extra``).
+        ego_mask_dir: ego-car masks (``DDADFrames``), given to backends as ``extra["valid_masks"]``.
     """
 
     dataset_type = "ddad"
 
     def __init__(self, root: str, scenes: tuple[str, ...] | None = None, cameras: tuple[str, ...] | None = None,
-                 split: str | None = None):
+                 split: str | None = None, neighbours: int = 0, ego_mask_dir: str | None = None):
         from selfsup.data.ddad import DDAD_CAMERAS, DDADFrames
 
         self.split = split
@@ -193,8 +218,8 @@ class DDADSource(SampleSource):
             scenes = tuple(sorted(p.name for p in Path(root).iterdir() if p.is_dir() and any(p.glob("scene_*.json"))))
             if not scenes:
                 raise FileNotFoundError(f"no DDAD scene folder (with a scene_*.json) under {root}")
-        self.ds = DDADFrames(root, scene=tuple(scenes), cameras=cameras or DDAD_CAMERAS, neighbours=(),
-                             allow_missing_neighbours=True, load_lidar=True)
+        self.ds = DDADFrames(root, scene=tuple(scenes), cameras=cameras or DDAD_CAMERAS, neighbours=_offsets(neighbours),
+                             allow_missing_neighbours=True, load_lidar=True, ego_mask_dir=ego_mask_dir)
         self.root, self.scenes = str(root), tuple(scenes)
         self.cameras = self.ds.cameras
         self.src_hw = self.ds.transform.src_hw
@@ -259,9 +284,10 @@ def ddad_split_scenes(root: str, split: str) -> tuple[str, ...]:
 
 def build_source(dataset: str, data_root: str, version: str | None = None, split: str | None = None,
                  scenes: tuple[str, ...] | None = None, cameras: tuple[str, ...] | None = None,
-                 infos_path: str | None = None) -> SampleSource:
+                 infos_path: str | None = None, neighbours: int = 0, ego_mask_dir: str | None = None) -> SampleSource:
     """A source from CLI arguments; ``dataset`` is "nuscenes", "ddad" or "auto" (a root with
-    ``<version>/sample.json`` is nuScenes, one with scene folders is DDAD).
+    ``<version>/sample.json`` is nuScenes, one with scene folders is DDAD). ``neighbours`` and
+    ``ego_mask_dir``: see :class:`DDADSource`.
 
     Raises:
         ValueError: unknown dataset type, or "auto" cannot tell.
@@ -277,7 +303,8 @@ def build_source(dataset: str, data_root: str, version: str | None = None, split
                              "DDAD scene folders; pass --dataset nuscenes|ddad")
     if dataset == "nuscenes":
         return NuScenesSource(data_root, version=version or "v1.0-trainval", split=split or "train", scenes=scenes,
-                              cameras=cameras, infos_path=infos_path)
+                              cameras=cameras, infos_path=infos_path, neighbours=neighbours, ego_mask_dir=ego_mask_dir)
     if dataset == "ddad":
-        return DDADSource(data_root, scenes=scenes, cameras=cameras, split=split)
+        return DDADSource(data_root, scenes=scenes, cameras=cameras, split=split, neighbours=neighbours,
+                          ego_mask_dir=ego_mask_dir)
     raise ValueError(f"unknown dataset {dataset!r}; expected 'nuscenes', 'ddad' or 'auto'")

@@ -40,7 +40,7 @@ TINY_CONFIGS = {
 
 
 # Variants of a covered config that need generated files (same model class as their base).
-NEEDS_GENERATED_FILES = {"gaussian_ddad_tiny_pseudo.py"}  # pseudo-label folders (tests/pseudo generates them)
+NEEDS_GENERATED_FILES = {"gaussian_ddad_tiny_pseudo.py", "sdf_ddad_tiny_keypoints.py"}  # pseudo-label folders (tests/pseudo generates them)
 
 
 def test_every_tiny_config_is_covered():

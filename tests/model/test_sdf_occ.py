@@ -649,3 +649,93 @@ def test_median_depth_estimator_renders_the_road_and_the_box_exit(batch):
     torch.testing.assert_close(vm.extras["dist"][sky], ve.extras["ray_far"][sky])
     with pytest.raises(Exception, match="depth_estimator"):  # the annotation's check or ours
         _model(depth_estimator="mode")
+
+
+def test_keypoint_depth_renders_rays_through_the_labelled_pixels(batch):
+    """On the analytic ground plane: labels equal to the true ground depth score ~0, 1.25x
+    that depth scores 0.2 (relative), labels beyond the box exit (here: below the box's
+    floor, 1 m under the road) are dropped, and only labelled pixels outside the ego masks
+    are rendered."""
+    B, T, V, _, H, W = batch.images.shape
+    model = _ground_model(loss_weights={"keypoint_depth": 1.0}, keypoint_rays=8, depth_norm="relative",
+                          depth_beyond_exit="drop", near=0.1).train()
+    # the analytic ground depth of every pixel centre of every camera (z = 0 plane)
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(-1, 3)
+    truth = torch.zeros(V, H * W)
+    for c in range(V):
+        d_ego = (pix @ torch.linalg.inv(batch.K[0, 0, c]).T) @ batch.T_ego_cam[0, 0, c, :3, :3].T
+        t = -batch.T_ego_cam[0, 0, c, 2, 3] / d_ego[:, 2]
+        truth[c] = torch.where((t > 1.0) & (t < 15.0), t, torch.zeros_like(t))
+    truth = truth.reshape(1, V, H, W)
+    labels = torch.zeros_like(truth)
+    labels[..., ::5, ::7] = truth[..., ::5, ::7]  # sparse: one pixel in 35
+    assert (labels > 0).sum() > 6 * 8
+
+    def term(maps, masks=None) -> float:
+        b = dataclasses.replace(batch, depth_maps=maps.expand(B, T, V, H, W).clone(),
+                                valid_masks=batch.valid_masks if masks is None else masks)
+        return float(model(b).terms["loss/keypoint_depth"])
+
+    assert term(labels) < 0.05
+    assert term(1.25 * labels) == pytest.approx(0.2, abs=0.03)
+    far = labels.clone()
+    far[labels > 0] = 500.0  # beyond every ray's box exit: nothing is left to supervise
+    b = dataclasses.replace(batch, depth_maps=far.expand(B, T, V, H, W).clone())
+    assert "loss/keypoint_depth" not in model(b).terms
+    # the ego-car mask excludes labels: with every pixel masked but one camera's, only it counts
+    masks = torch.zeros_like(batch.valid_masks)
+    masks[:, 2] = True
+    one = labels.clone()
+    one[:, 2] *= 1.25
+    assert term(one, masks) == pytest.approx(0.2, abs=0.03)
+    # gradient reaches the field
+    model.zero_grad()
+    b = dataclasses.replace(batch, depth_maps=(1.25 * labels).expand(B, T, V, H, W).clone())
+    model(b).loss.backward()
+    assert model.representation.decoder[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="depth_maps"):
+        model(batch)
+    with pytest.raises(ValueError, match="keypoint_rays"):
+        _model(keypoint_rays=0)
+
+
+def test_keypoint_depth_of_neighbour_frames_is_rendered_from_their_cameras(batch):
+    """``keypoint_frames="all"``: labels of the previous frame's cameras, posed in the
+    current ego frame, against the analytic ground plane; the current frame has none."""
+    B, T, V, _, H, W = batch.images.shape
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(-1, 3)
+    T_ego0_cam = batch.T_ego0_cam()[0, 1]
+    truth = torch.zeros(V, H * W)
+    for c in range(V):
+        d_ego = (pix @ torch.linalg.inv(batch.K[0, 1, c]).T) @ T_ego0_cam[c, :3, :3].T
+        t = -T_ego0_cam[c, 2, 3] / d_ego[:, 2]
+        truth[c] = torch.where((t > 1.0) & (t < 15.0), t, torch.zeros_like(t))
+    maps = torch.zeros(B, T, V, H, W)
+    maps[:, 1, :, ::5, ::7] = truth.reshape(V, H, W)[:, ::5, ::7]
+    current = _ground_model(loss_weights={"keypoint_depth": 1.0}, keypoint_rays=8, depth_norm="relative").train()
+    assert "loss/keypoint_depth" not in current(dataclasses.replace(batch, depth_maps=maps)).terms
+    model = _ground_model(loss_weights={"keypoint_depth": 1.0}, keypoint_rays=8, depth_norm="relative",
+                          keypoint_frames="all").train()
+    assert float(model(dataclasses.replace(batch, depth_maps=maps)).terms["loss/keypoint_depth"]) < 0.05
+    assert float(model(dataclasses.replace(batch, depth_maps=1.25 * maps)).terms["loss/keypoint_depth"]) == \
+        pytest.approx(0.2, abs=0.03)
+
+
+def test_sparse_depth_source_relative_norm_and_dropping_targets_beyond_the_exit(batch):
+    """depth_source="sparse" reads each ray's grid cell; depth_norm="relative" is the AbsRel
+    form; depth_beyond_exit="drop" skips targets no field surface can render."""
+    B, T, V, _, H, W = batch.images.shape
+    model = _ground_model(depth_source="sparse", loss_weights={"depth": 1.0}, depth_norm="relative",
+                          depth_beyond_exit="drop").train()
+    maps = torch.zeros(B, T, V, H, W)
+    maps[..., ::3, ::3] = 1000.0  # beyond every exit
+    assert float(model(dataclasses.replace(batch, depth_maps=maps)).terms["loss/depth"]) == 0.0  # no ray left
+    keep = _ground_model(depth_source="sparse", loss_weights={"depth": 1.0}, depth_norm="relative").train()
+    value = float(keep(dataclasses.replace(batch, depth_maps=maps)).terms["loss/depth"])
+    assert 0.9 < value <= 1.0  # |d - 1000| / 1000 with d at most the box exit (tens of metres)
+    with pytest.raises(ValueError, match="ray_sampling"):
+        _model(depth_source="sparse", ray_sampling="strided")
+    with pytest.raises(Exception, match="depth_norm"):  # beartype's check, or check_choice without it
+        _model(depth_norm="l2")

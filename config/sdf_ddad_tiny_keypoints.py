@@ -24,7 +24,8 @@
 # brackets; see the note of issue 9 for the table):
 # - on config/sdf_ddad_tiny.py (0.207 / 0.207 on seeds 0 / 1 without it): weight 0.1 0.200 (0.164)
 #   / 0.207 (0.171); 0.03: 0.218, 0.3: 0.209 (seed 0);
-# - this config: 0.193 (0.160) / 0.192 (0.159) / 0.197 (0.162) on seeds 0 / 1 / 2, 0.51-0.53x its
+# - this config: 0.193 (0.160) / 0.192 (0.159) / 0.197 (0.162) / 0.200 (0.165) / 0.183 (0.157) on
+#   seeds 0-4 (mean 0.193; the photometric-only config: 0.211), 0.49-0.53x its
 #   own initial model (about 0.37: side exits start at 60 m); without the keypoint term
 #   (config/sdf_ddad_tiny_tall.py with background "far") 0.207 / 0.212 / 0.212; keypoints at half
 #   resolution (scripts/demo.py --sift-scale 0.5, 17 s instead of 67 s) with 64 rays per camera:

@@ -83,7 +83,8 @@ class SampleSource(ABC):
 
     @staticmethod
     def _from_frames(frames, accumulated: np.ndarray, used: tuple[int, ...], lidar_token=None) -> PseudoSample:
-        """From a dataset sample (``Frames`` with the current frame only)."""
+        """From a dataset sample (``Frames``: the current frame first, then any neighbouring
+        frames the source's dataset loads, which go to ``extra["neighbours"]``)."""
         images = (frames.images[0].numpy().transpose(0, 2, 3, 1) * 255.0).round().astype(np.uint8)
         pts = frames.points_ego[0].numpy().astype(np.float64)
         extra = dict(valid_masks=frames.valid_masks.numpy().astype(bool), neighbours=[])

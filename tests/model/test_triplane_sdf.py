@@ -223,6 +223,6 @@ def test_embed_std_sets_the_spread_of_the_initial_cell_embeddings():
     stds = [float(rep.embed[name].detach().std()) for name in rep.embed]
     assert stds == pytest.approx([0.02] * 3, rel=0.05)
     flat = TriplaneSDF(grid=GRID, feat_channels=8, plane_channels=8, hidden=16, resolution=(8, 8, 4), embed_std=0.0)
-    assert all(float(flat.embed[name].abs().max()) == 0.0 for name in flat.embed)
+    assert all(float(flat.embed[name].detach().abs().max()) == 0.0 for name in flat.embed)
     with pytest.raises(ValueError, match="embed_std"):
         TriplaneSDF(grid=GRID, feat_channels=8, plane_channels=8, hidden=16, resolution=(8, 8, 4), embed_std=-0.1)

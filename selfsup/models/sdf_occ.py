@@ -39,7 +39,6 @@ from selfsup.data.frames import Frames
 from selfsup.encoders.timm_fpn import TimmFPN
 from selfsup.losses import (
     axis_offsets,
-    depth_l1_loss,
     eikonal_loss,
     distortion_loss,
     free_space_loss,
@@ -736,10 +735,13 @@ class SDFOcc(OccupancyModel):
         target = depth_target(views, batch, self.depth_source)
         if self.depth_beyond_exit == "drop":
             mask = mask & (target <= views.extras["ray_far_depth"])
-        if self.depth_norm == "l1":
-            return depth_l1_loss(views.depth, target, mask)
-        valid = mask & (target > 0)
-        return masked_mean((views.depth - target).abs() / target.clamp_min(1e-6), valid)
+        return masked_mean(self._depth_error(views.depth, target), mask & (target > 0))
+
+    def _depth_error(self, rendered: Tensor, target: Tensor) -> Tensor:
+        """Per-ray error of the depth terms: ``|d - d*|`` (metres) or, with
+        ``depth_norm="relative"``, ``|d - d*| / d*``."""
+        error = (rendered - target).abs()
+        return error / target.clamp_min(1e-6) if self.depth_norm == "relative" else error
 
     def _keypoint_depth_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor | None:
         """Depth of rays through labelled pixels of the current frame's sparse depth maps.
@@ -797,9 +799,7 @@ class SDFOcc(OccupancyModel):
                     targets.append(target[keep])
         if not targets or sum(t.numel() for t in targets) == 0:
             return None
-        d, t = torch.cat(rendered), torch.cat(targets)
-        error = (d - t).abs()
-        return (error / t if self.depth_norm == "relative" else error).mean()
+        return self._depth_error(torch.cat(rendered), torch.cat(targets)).mean()
 
     def _free_space_objective(self, views: RenderedViews, batch: Frames, mask: Tensor) -> Tensor:
         """``selfsup.losses.free_space_loss`` on the rendered rays: the samples a ray passes

@@ -130,7 +130,7 @@ def triangulate_pair(
     K1: Float[np.ndarray, "3 3"],
     T_cam1_cam0: Float[np.ndarray, "4 4"],
 ) -> tuple[Float[np.ndarray, " N"], Float[np.ndarray, " N"], Float[np.ndarray, " N"], Float[np.ndarray, " N"]]:
-    """Midpoint-free two-view triangulation of matched pixels by linear least squares.
+    """Two-view triangulation of matched pixels: the depths along both rays that best meet (linear least squares).
 
     Solves ``z0 R x0 + t = z1 x1`` for the depths ``(z0, z1)`` of each match, with
     ``x = K^-1 [u, v, 1]`` (continuous pixel coordinates, centres at +0.5) and
